@@ -1,0 +1,1 @@
+"""ddk.cli: the thin click layer over ddk.cache / ddk.kernels."""

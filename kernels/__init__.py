@@ -1,0 +1,1 @@
+"""ddk.kernels: sparse top-k KL (+CE) loss kernels."""
