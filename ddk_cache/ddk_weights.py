@@ -1,0 +1,87 @@
+"""DDK domain-weight maths (Liu et al., "DDK: Distilling Domain Knowledge for Efficient LLMs",
+arXiv 2407.16154), plus the fixed mixtures that the kd / cpt baselines use.
+
+Per domain i the discrepancy is the perplexity ratio ppl_S[i] / ppl_T[i] (student over teacher,
+both measured on the domain's validation split). DDK samples more from domains where the
+student lags the teacher most:
+
+    r_0         = softmax(ppl_S / ppl_T)
+    psi[i]      = r_t[i] * exp(ppl_S[i] / ppl_T[i])
+    r_{t+1}[i]  = alpha * psi[i] / sum(psi) + (1 - alpha) / N
+
+The update is computed in log space (log psi = log r + ratio, normalised with logsumexp), which
+is the same formula but cannot overflow when a random student is thousands of times worse than
+its teacher. All maths is float64 on CPU; weights are plain tensors of shape [N].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ddk.cache.errors import ConfigError
+
+__all__ = ["discrepancy", "initial_weights", "update_weights", "fixed_weights"]
+
+
+def _vec(x: Sequence[float] | torch.Tensor, name: str) -> torch.Tensor:
+    t = torch.as_tensor(x, dtype=torch.float64).detach().cpu().reshape(-1)
+    if t.numel() == 0:
+        raise ConfigError(f"{name} is empty: DDK needs at least one domain")
+    if not torch.isfinite(t).all() or (t <= 0).any():
+        raise ConfigError(f"{name} must be finite and positive, got {t.tolist()}")
+    return t
+
+
+def discrepancy(ppl_student: Sequence[float] | torch.Tensor,
+                ppl_teacher: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """Per-domain ratio ppl_S / ppl_T (float64 [N]); > 1 means the student lags the teacher."""
+    s, t = _vec(ppl_student, "ppl_student"), _vec(ppl_teacher, "ppl_teacher")
+    if s.shape != t.shape:
+        raise ConfigError(f"got {s.numel()} student and {t.numel()} teacher perplexities")
+    return s / t
+
+
+def initial_weights(ppl_student: Sequence[float] | torch.Tensor,
+                    ppl_teacher: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """r_0 = softmax(ppl_S / ppl_T) over domains."""
+    return torch.softmax(discrepancy(ppl_student, ppl_teacher), dim=0)
+
+
+def update_weights(weights: Sequence[float] | torch.Tensor,
+                   ppl_student: Sequence[float] | torch.Tensor,
+                   ppl_teacher: Sequence[float] | torch.Tensor,
+                   alpha: float = 0.5) -> torch.Tensor:
+    """One DDK step: r' = alpha * psi / sum(psi) + (1 - alpha) / N, psi = r * exp(ppl_S/ppl_T).
+
+    alpha in [0, 1] trades the discrepancy-driven mixture against uniform smoothing, which
+    keeps every domain's weight >= (1 - alpha) / N so no domain is ever starved.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"alpha must be in [0, 1], got {alpha}")
+    r = _vec(weights, "weights")
+    ratio = discrepancy(ppl_student, ppl_teacher)
+    if r.shape != ratio.shape:
+        raise ConfigError(f"got {r.numel()} weights for {ratio.numel()} domains")
+    log_psi = torch.log(r) + ratio
+    psi_norm = torch.exp(log_psi - torch.logsumexp(log_psi, dim=0))
+    return alpha * psi_norm + (1.0 - alpha) / r.numel()
+
+
+def fixed_weights(kind: str, token_counts: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    """A fixed mixture for the kd / cpt baselines.
+
+    "natural": proportional to each domain's training tokens (what concatenating the corpus
+    and shuffling would give); "uniform": 1/N each.
+    """
+    counts = torch.as_tensor(token_counts, dtype=torch.float64).reshape(-1)
+    if counts.numel() == 0:
+        raise ConfigError("no domains to mix")
+    if kind == "uniform":
+        return torch.full_like(counts, 1.0 / counts.numel())
+    if kind == "natural":
+        if (counts < 0).any() or counts.sum() <= 0:
+            raise ConfigError(f"natural mixture needs positive token counts, got {counts.tolist()}")
+        return counts / counts.sum()
+    raise ConfigError(f"unknown mixture {kind!r}: use 'natural' or 'uniform'")
