@@ -1,0 +1,92 @@
+"""Value encodings and Zarr codec pipelines of the cache arrays.
+
+Log-probs are stored as uint16 codes c = round(-logprob / step) (max abs error step/2);
+code 65535 is reserved for -inf (an empty tail when k == vocab). Token ids are stored as
+uint16 when the vocabulary fits, else int32. The codec pipelines were chosen by
+measurement on real teacher output (docs/codecs.md, bench/bench_cache_codecs.py); every
+pipeline ends in a CRC32C checksum so corruption is detected on read by plain zarr.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from zarr.codecs import BloscCodec, Crc32cCodec, Delta, ZstdCodec
+
+NEG_INF_CODE = 65535
+_MAX_CODE = NEG_INF_CODE - 1
+
+#: default quantisation step of stored log-probs, in nats (max abs error = step / 2).
+DEFAULT_LOGPROB_STEP = 1.0 / 64.0
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """How values are encoded; recorded in the store metadata under "encoding"."""
+
+    id_dtype: str = "uint16"
+    logprob_step: float = DEFAULT_LOGPROB_STEP
+    codec_profile: str = "zstd-delta"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id_dtype": self.id_dtype,
+            "logprob": {"kind": "quantized", "dtype": "uint16", "step": self.logprob_step,
+                        "neg_inf_code": NEG_INF_CODE, "decode": "-code * step"},
+            "codec_profile": self.codec_profile,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Encoding:
+        return cls(id_dtype=d["id_dtype"], logprob_step=float(d["logprob"]["step"]),
+                   codec_profile=d["codec_profile"])
+
+
+def id_dtype_for_vocab(vocab_size: int) -> str:
+    return "uint16" if vocab_size <= 65536 else "int32"
+
+
+def quantize_logprobs(logprobs: np.ndarray, step: float) -> np.ndarray:
+    """Log-probs (<= 0, or -inf) -> uint16 codes; values below -step*65534 saturate."""
+    lp = np.asarray(logprobs, dtype=np.float64)
+    codes = np.rint(np.clip(-lp, 0.0, None) / step)
+    codes = np.where(np.isneginf(lp), NEG_INF_CODE, np.minimum(codes, _MAX_CODE))
+    return codes.astype(np.uint16)
+
+
+def dequantize_logprobs(codes: np.ndarray, step: float) -> np.ndarray:
+    """uint16 codes -> float32 log-probs (NEG_INF_CODE -> -inf)."""
+    c = np.asarray(codes)
+    out = -(c.astype(np.float32) * np.float32(step))
+    out[c == NEG_INF_CODE] = -np.inf
+    return out
+
+
+def _zstd(level: int) -> list[Any]:
+    return [ZstdCodec(level=level), Crc32cCodec()]
+
+
+def codec_pipeline(profile: str, array_name: str, dtype: str) -> dict[str, Any]:
+    """`filters` and `compressors` for zarr.create_array for one array of the cache.
+
+    Profiles (compared in docs/codecs.md):
+      zstd             plain zstd-3 on the raw little-endian bytes
+      zstd-delta       top-k log-prob codes delta-coded along k (they are sorted, so the
+                       deltas are small), everything else plain; zstd-9
+      blosc-shuffle    blosc(zstd-5) with byte shuffle (groups high and low id bytes)
+    """
+    delta = [Delta(dtype=dtype)] if array_name == "topk_logprobs" else []
+    if profile == "zstd":
+        return {"filters": [], "compressors": _zstd(3)}
+    if profile == "zstd-delta":
+        return {"filters": delta, "compressors": _zstd(9)}
+    if profile == "blosc-shuffle":
+        return {"filters": delta,
+                "compressors": [BloscCodec(cname="zstd", clevel=5, shuffle="shuffle"),
+                                Crc32cCodec()]}
+    raise ValueError(f"unknown codec profile {profile!r}; known: {', '.join(CODEC_PROFILES)}")
+
+
+CODEC_PROFILES = ("zstd", "zstd-delta", "blosc-shuffle")

@@ -1,0 +1,55 @@
+"""Turn teacher logits into the cached quantities (top-k, tail log-mass, target log-prob).
+
+All backends that see full logits go through `scores_from_logits`, so the maths of what
+is stored lives in one place.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ddk.cache.teacher.base import TeacherScores
+
+
+def scores_from_logits(logits: torch.Tensor, input_ids: torch.Tensor, k: int) -> TeacherScores:
+    """Top-k log-probs, tail log-mass and next-token log-prob from [B, L, V] logits.
+
+    Only positions 0..L-2 are scored (see teacher.base). Everything is computed in fp32:
+    the tail log-mass is logsumexp over the non-top-k logits minus the full logsumexp,
+    which stays exact when the top-k hold almost all the mass (no 1 - sum(p) cancellation).
+    The logits tensor is consumed: the top-k entries are overwritten with -inf in place.
+    """
+    logits = logits[:, :-1, :]
+    if logits.dtype != torch.float32:
+        logits = logits.float()
+    targets = input_ids[:, 1:].to(logits.device, torch.int64)
+    lse = torch.logsumexp(logits, dim=-1)  # [B, T]
+    target_logit = torch.gather(logits, -1, targets.unsqueeze(-1)).squeeze(-1)
+    top_vals, top_ids = torch.topk(logits, k, dim=-1, largest=True, sorted=True)
+    if k < logits.shape[-1]:
+        logits = logits.contiguous() if not logits.is_contiguous() else logits
+        logits.scatter_(-1, top_ids, float("-inf"))
+        tail = torch.logsumexp(logits, dim=-1) - lse
+    else:
+        tail = torch.full_like(lse, float("-inf"))
+    return TeacherScores(
+        topk_ids=top_ids.to(torch.int32).cpu().numpy(),
+        topk_logprobs=(top_vals - lse.unsqueeze(-1)).cpu().numpy().astype(np.float32),
+        tail_logmass=tail.cpu().numpy().astype(np.float32),
+        target_logprob=(target_logit - lse).cpu().numpy().astype(np.float32),
+    )
+
+
+def tail_from_topk_logprobs(topk_logprobs: np.ndarray) -> np.ndarray:
+    """log(1 - sum exp(topk)) from normalised top-k log-probs alone (engines that return no logits).
+
+    Computed in float64 as log(-expm1(logsumexp(topk))); its accuracy is limited by the
+    rounding of the given log-probs when the tail mass is tiny (documented in docs/).
+    """
+    lp = topk_logprobs.astype(np.float64)
+    m = lp.max(axis=-1, keepdims=True)
+    lse = (m + np.log(np.exp(lp - m).sum(axis=-1, keepdims=True)))[..., 0]
+    lse = np.minimum(lse, 0.0)
+    with np.errstate(divide="ignore"):
+        return np.log(-np.expm1(lse)).astype(np.float32)
