@@ -57,6 +57,12 @@ def _local_path(path: str) -> Path | None:
     return None if _is_url(path) else Path(path)
 
 
+def _zarr_target(path: str) -> str:
+    """What zarr opens: a plain path for local stores (file:// included), else the URL."""
+    local = _local_path(path)
+    return str(local) if local is not None else path
+
+
 def check_writable(path: str) -> None:
     """Fail early, before any teacher work, if a local output location cannot be written."""
     local = _local_path(path)
@@ -116,9 +122,9 @@ class CacheWriter:
         check_writable(path)
         try:
             if overwrite:
-                group = zarr.open_group(path, mode="w")
+                group = zarr.open_group(_zarr_target(path), mode="w")
             else:
-                group = zarr.open_group(path, mode="a")
+                group = zarr.open_group(_zarr_target(path), mode="a")
         except (OSError, ValueError) as e:
             raise StoreError(f"cannot open {path} for writing: {e}") from e
         existing = group.attrs.get(META_KEY)
@@ -273,7 +279,7 @@ class CacheReader:
         if local is not None and not local.exists():
             raise StoreError(f"no cache at {path}; build one with `ddk cache-teacher`")
         try:
-            group = zarr.open_group(path, mode="r")
+            group = zarr.open_group(_zarr_target(path), mode="r")
         except (OSError, ValueError, FileNotFoundError) as e:
             raise StoreError(f"{path} is not a Zarr store: {e}") from e
         meta = group.attrs.get(META_KEY)

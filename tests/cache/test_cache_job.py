@@ -223,3 +223,14 @@ def test_cli_user_error_is_one_line(tmp_path, small_corpus):
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: teacher not found"), err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("scheme", ["file://", "memory://"])
+def test_fsspec_urls(tmp_path, tiny_teacher_dir, small_corpus, scheme):
+    url = scheme + (str(tmp_path / "url-cache") if scheme == "file://" else "ddk-test-cache")
+    result = run_cache_job(job(tmp_path, tiny_teacher_dir, {"code": small_corpus["code"]},
+                               output=url))
+    assert result.complete
+    reader = CacheReader.open(url)
+    assert reader.read("code", "train", [1, 0]).topk_ids.shape == (2, 47, 8)
+    assert reader.teacher_loss("code") > 0
