@@ -53,11 +53,21 @@ def open_cache(path: str | Path) -> Any:
                                    "`ddk cache-teacher` on a corpus with at least one domain")
     for d in reader.domains:
         for split in ("train", "validation"):
+            try:
+                reader.array(d, split, "input_ids")
+            except KeyError as e:
+                raise IncompleteCacheError(
+                    f"cache {path} lists domain {d!r} but its {split} data is missing from the "
+                    "store; re-run `ddk cache-teacher` to rebuild it") from e
             if reader.num_sequences(d, split) <= 0:
                 raise IncompleteCacheError(
                     f"domain {d!r} in cache {path} has no {split} sequences; DDK needs both "
                     "splits for every domain: add text to it or drop it and rebuild the cache")
-        reader.teacher_loss(d)  # raises IncompleteCacheError if the teacher val loss is missing
+        try:
+            reader.teacher_loss(d)  # IncompleteCacheError if the teacher val loss is missing
+        except KeyError as e:
+            raise IncompleteCacheError(f"cache {path} has no teacher validation data for {d!r}; "
+                                       "re-run `ddk cache-teacher` to rebuild it") from e
     return reader
 
 

@@ -134,6 +134,7 @@ class TrainResult:
     final: list[DomainPerplexity] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
+    model: Any = None                      # the trained student (unwrapped), on its device
 
 
 def lr_at(step: int, *, max_steps: int, warmup: int, lr: float, min_lr: float) -> float:
@@ -255,9 +256,10 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
 def _write_checkpoint(ckpt_dir: Path, step: int, state: dict[str, Any], keep: int) -> Path:
     """state.pt in a temp dir, renamed into place, then `latest` replaced: atomic on POSIX."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ckpt_dir.glob(".tmp-*"):  # left by a process killed mid-write
+        shutil.rmtree(stale, ignore_errors=True)
     name = f"step-{step:08d}"
     tmp = ckpt_dir / f".tmp-{name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     with open(tmp / "state.pt", "wb") as f:
         torch.save(state, f)
@@ -307,6 +309,7 @@ def _micro_loss(model: torch.nn.Module, batch: SampledBatch, cfg: TrainConfig,
     the gradient written into the logits buffer. The logged parts need KL on its own, which the
     kernel does not return, so a forward-only call (no gradient) measures it first, for every
     method alike (cpt logs how far it is from the teacher too); CE = loss - gamma * T^2 * KL.
+    The returned kl is KL(teacher_T || student_T) itself, without the T^2 factor.
     """
     from ddk.kernels import sparse_kl_loss
 
@@ -322,12 +325,12 @@ def _micro_loss(model: torch.nn.Module, batch: SampledBatch, cfg: TrainConfig,
                ids[:, 1:].reshape(-1))
     kl_weight = 0.0 if cfg.method == "cpt" else cfg.gamma
     T = cfg.temperature
-    with torch.no_grad():
-        kl = sparse_kl_loss(logits.detach(), *teacher, kl_weight=1.0, ce_weight=0.0,
-                            temperature=T)
+    with torch.no_grad():  # T^2 * KL, as it enters the loss
+        kl_t2 = sparse_kl_loss(logits.detach(), *teacher, kl_weight=1.0, ce_weight=0.0,
+                               temperature=T)
     loss = sparse_kl_loss(logits, *teacher, kl_weight=kl_weight, ce_weight=1.0, temperature=T,
                           inplace_grad=True)
-    return loss, loss.detach() - kl_weight * T * T * kl, kl
+    return loss, loss.detach() - kl_weight * kl_t2, kl_t2 / (T * T)
 
 
 def _train(cfg: TrainConfig, d: _Dist) -> TrainResult:
@@ -527,7 +530,7 @@ def _train(cfg: TrainConfig, d: _Dist) -> TrainResult:
         os.replace(tmp, out / "summary.json")
     metrics.close()
     _barrier(d)
-    return TrainResult(out, step, tokens, interrupted, final, history, summary)
+    return TrainResult(out, step, tokens, interrupted, final, history, summary, model)
 
 
 def _save_model(model: torch.nn.Module, tokenizer: Any, path: Path, dtype: torch.dtype) -> None:

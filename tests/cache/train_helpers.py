@@ -18,12 +18,12 @@ CACHE_K = 8
 
 
 def write_corpus(root: Path) -> dict[str, Path]:
-    """Three JSONL domains (same layout as tests/conftest.py's write_domain)."""
+    """Three JSONL domains of different sizes (layout of tests/conftest.py's write_domain)."""
     docs = {
-        "code": [f"def f{i}(x):\n    return x * {i} + {i % 7}\n" for i in range(150)],
+        "code": [f"def f{i}(x):\n    return x * {i} + {i % 7}\n" for i in range(100)],
         "prose": [f"Chapter {i}. The quick brown fox jumps over the lazy dog {i} times."
-                  for i in range(150)],
-        "math": [f"What is {i} plus {2 * i}? Answer: {3 * i}" for i in range(150)],
+                  for i in range(40)],
+        "math": [f"What is {i} plus {2 * i}? Answer: {3 * i}" for i in range(40)],
     }
     out = {}
     for name, texts in docs.items():
@@ -37,7 +37,7 @@ def write_corpus(root: Path) -> dict[str, Path]:
 
 
 def build_cache(root: Path, teacher_dir: Path, *, val_sequences: int = 6,
-                max_train_sequences: int = 40, name: str = "cache") -> Path:
+                max_train_sequences: int | None = None, name: str = "cache") -> Path:
     """Build (or reuse, if already complete) a cache under `root`; returns its path."""
     from ddk.cache.cache_job import CacheJobConfig, run_cache_job
     from ddk.cache.corpus import DomainSpec
