@@ -9,6 +9,7 @@ it. With CUDA the compiled kernels run on the GPU instead.
 
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
@@ -49,6 +50,7 @@ def _make_case(
     confident: float = 0.0,
     extreme: bool = False,
     scale: float = 2.0,
+    mass: float = 1.0,
     seed: int = 0,
     device: str = "cpu",
 ) -> dict:
@@ -57,6 +59,7 @@ def _make_case(
     tail_zero: the teacher puts all its mass on its top-k (tail_logprob = -inf).
     confident: add this much to the student logits of the cached ids (tiny student tail).
     extreme: student logits are +-1e4 (plus noise).
+    mass: scale the teacher's probabilities (cached and tail) by this (rounding in a cache).
     """
     g = torch.Generator().manual_seed(seed)
     vt = teacher_vocab or v
@@ -73,6 +76,7 @@ def _make_case(
         tail = torch.logsumexp(lp_full.scatter(1, ids, float("-inf")), -1)
     else:
         tail = torch.full((n,), float("-inf"), dtype=torch.float64)
+    vals, tail = vals + math.log(mass), tail + math.log(mass)
     z = torch.randn(n, v, generator=g, dtype=torch.float64) * scale
     if extreme:
         z = torch.where(torch.rand(n, v, generator=g) < 0.5, -1e4, 1e4) + z

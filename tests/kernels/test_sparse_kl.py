@@ -31,6 +31,9 @@ SCENARIOS = {
     "confident_student": dict(n=6, v=40, k=3, confident=40.0),
     "padded_student_vocab": dict(n=6, v=48, k=5, teacher_vocab=40),
     "label_in_topk": dict(n=6, v=30, k=5, label_in_topk_rows=(0, 1, 2, 3)),
+    # fp16-rounded teacher: sum p + p_tail is 1 only to ~1e-3; the gradient must use the mass
+    "fp16_teacher": dict(n=8, v=40, k=6, lp_dtype=torch.float16),
+    "teacher_mass_1.009": dict(n=8, v=40, k=6, mass=1.009, confident=2.0),
 }
 OPTIONS = {
     "kl": dict(),
