@@ -351,3 +351,57 @@ def test_vllm_teacher_identity_and_limits_match(both_backends):
     assert info["vocab_size"] == 320
     assert info["max_seq_len"] == 512
     assert info["identity"] == ref_identity
+
+
+# --------------------------------------------------------------------------------------
+# End to end: `ddk cache-teacher --backend vllm` vs the transformers backend, same corpus
+# --------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_cache_teacher_vllm_store_equals_transformers_store(tmp_path, tiny_teacher_dir,
+                                                            small_corpus):
+    from ddk.cache.store import CacheReader
+
+    python = vllm_python()
+    common = ["--teacher", str(tiny_teacher_dir), "--k", "8", "--seq-len", "64",
+              "--val-sequences", "3", "--max-train-sequences", "5",
+              "--sequences-per-shard", "4", "--batch-size", "4", "--dtype", "fp32",
+              "-q", "--json"]
+    for name, path in sorted(small_corpus.items()):
+        common += ["--domain", f"{name}={path}"]
+    stores = {}
+    for backend, exe, extra in (("transformers", sys.executable, ["--device", "cpu"]),
+                                ("vllm", python, ["--enforce-eager"])):
+        stores[backend] = tmp_path / f"cache-{backend}"
+        proc = subprocess.run([exe, "-m", "ddk.cli.main", "cache-teacher", "--backend",
+                               backend, "-o", str(stores[backend]), *common, *extra],
+                              check=False, env=vllm_env(), capture_output=True, text=True,
+                              timeout=900)
+        assert proc.returncode == 0, f"{backend} cache job failed:\n{proc.stderr[-6000:]}"
+        assert json.loads(proc.stdout.strip().splitlines()[-1])["complete"] is True
+    ref, got = (CacheReader.open(stores[b]) for b in ("transformers", "vllm"))
+    assert got.meta["teacher"]["backend"] == "vllm"
+    assert {k: v for k, v in got.teacher.items() if k != "backend"} == \
+           {k: v for k, v in ref.teacher.items() if k != "backend"}
+    assert got.domains == ref.domains == sorted(small_corpus)
+    step = ref.encoding.logprob_step  # stored log-probs are quantised to this step
+    for domain in ref.domains:
+        for split in ("train", "validation"):
+            n = ref.num_sequences(domain, split)
+            assert n == got.num_sequences(domain, split) and n > 0
+            a, b = ref.read(domain, split, range(n)), got.read(domain, split, range(n))
+            assert np.array_equal(a.input_ids.numpy(), b.input_ids.numpy())
+            # One quantisation step apart at most (values within LP_TOL can round apart).
+            lp_diff = np.abs(a.topk_logprobs.numpy() - b.topk_logprobs.numpy()).max()
+            assert lp_diff <= step + LP_TOL, f"{domain}/{split}: log-prob diff {lp_diff}"
+            differ = a.topk_ids.numpy() != b.topk_ids.numpy()
+            if differ.any():  # only near-ties may swap: their stored values must agree
+                va, vb = a.topk_logprobs.numpy(), b.topk_logprobs.numpy()
+                assert np.all(np.abs(va - vb)[differ] <= step + TIE_TOL)
+                assert differ.mean() < 1e-3, f"{domain}/{split}: {differ.sum()} ids differ"
+            tail_a = a.tail_logmass.numpy().astype(np.float64)
+            tail_err = np.abs(tail_a - b.tail_logmass.numpy())
+            bound = step + LP_TOL * np.expm1(-tail_a) + 1e-5  # see the module docstring
+            assert np.all(tail_err <= bound), f"{domain}/{split}: tail diff {tail_err.max()}"
+        # The teacher's validation loss: exact, from the unquantised target log-probs.
+        assert got.teacher_loss(domain) == pytest.approx(ref.teacher_loss(domain),
+                                                         rel=LOSS_RTOL)
