@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 
 import torch
-
 from ddk.cache.errors import BackendUnavailableError
 from ddk.kernels.errors import SparseKLInputError
 from ddk.kernels.torch_impl import sparse_kl_forward_torch
@@ -37,7 +36,9 @@ def resolve_backend(backend: str, logits: torch.Tensor) -> str:
                 "(or use backend='torch')"
             )
         if logits.dtype == torch.float64:
-            raise SparseKLInputError("backend='triton' does not take float64 logits; use backend='torch'")
+            raise SparseKLInputError(
+                "backend='triton' does not take float64 logits; use backend='torch'"
+            )
         from ddk.kernels.triton_impl import is_interpreted
 
         if logits.is_cuda == is_interpreted():
@@ -113,7 +114,9 @@ def scale_grad_(backend: str, grad: torch.Tensor, grad_output: torch.Tensor) -> 
     elif grad_output.numel() == 1:
         grad.mul_(float(grad_output))  # a Python scalar is applied in fp32 even to bf16 grads
     else:
-        go = grad_output.reshape(-1, 1).to(torch.float32 if grad.dtype != torch.float64 else grad.dtype)
+        go = grad_output.reshape(-1, 1).to(
+            torch.float32 if grad.dtype != torch.float64 else grad.dtype
+        )
         step = max(1, (1 << 22) // max(grad.shape[1], 1))
         for s in range(0, grad.shape[0], step):
             grad[s : s + step].copy_(grad[s : s + step] * go[s : s + step])

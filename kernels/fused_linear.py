@@ -12,10 +12,15 @@ accumulates in fp32 instead (+V x H x 4 bytes and a transient per chunk; slower)
 from __future__ import annotations
 
 import torch
-
 from ddk.kernels.dispatch import forward_core, resolve_backend
 from ddk.kernels.errors import SparseKLInputError
-from ddk.kernels.options import LossOptions, PreparedTargets, combine_rows, prepare_targets, reduce_rows
+from ddk.kernels.options import (
+    LossOptions,
+    PreparedTargets,
+    combine_rows,
+    prepare_targets,
+    reduce_rows,
+)
 from ddk.kernels.sparse_kl import is_one
 
 # Aim for about this many bytes of logits per chunk (256 MiB): big enough for efficient
@@ -48,8 +53,12 @@ class FusedLinearSparseKLFunction(torch.autograd.Function):
         n = hidden.shape[0]
         hidden, weight = hidden.detach(), weight.detach()
         grad_h = torch.empty_like(hidden) if need_h else None
-        acc_dtype = torch.float32 if weight_grad_fp32 and weight.element_size() < 4 else weight.dtype
-        grad_w = torch.zeros(weight.shape, dtype=acc_dtype, device=weight.device) if need_w else None
+        acc_dtype = (
+            torch.float32 if weight_grad_fp32 and weight.element_size() < 4 else weight.dtype
+        )
+        grad_w = (
+            torch.zeros(weight.shape, dtype=acc_dtype, device=weight.device) if need_w else None
+        )
         kl_rows = torch.zeros(n, dtype=prep.a.dtype, device=hidden.device)
         ce_rows = torch.zeros_like(kl_rows)
         wt = weight.t()
@@ -158,7 +167,9 @@ def fused_linear_sparse_kl_loss(
         torch.float16,
         torch.float64,
     ):
-        raise SparseKLInputError(f"hidden must be float32/bfloat16/float16/float64, got {hidden.dtype}")
+        raise SparseKLInputError(
+            f"hidden must be float32/bfloat16/float16/float64, got {hidden.dtype}"
+        )
     if reduction == "none":
         raise SparseKLInputError(
             "fused_linear_sparse_kl_loss supports reduction='mean' or 'sum' only; use "

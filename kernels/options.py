@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
 from ddk.kernels.teacher import prepare_teacher
 from ddk.kernels.torch_impl import compute_dtype
 from ddk.kernels.validate import check_options, check_targets, check_values
@@ -59,7 +58,9 @@ def prepare_targets(
         reduction=opts.reduction,
         has_labels=labels is not None,
     )
-    check_targets(n, v, device, topk_ids, topk_logprobs, tail_logprob, labels, logits_name=logits_name)
+    check_targets(
+        n, v, device, topk_ids, topk_logprobs, tail_logprob, labels, logits_name=logits_name
+    )
     if labels is not None:
         active = labels != opts.ignore_index
     else:

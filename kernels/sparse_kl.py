@@ -8,9 +8,14 @@ gradient by grad_output, as Liger-Kernel's cross-entropy does.
 from __future__ import annotations
 
 import torch
-
 from ddk.kernels.dispatch import forward_core, resolve_backend, rows_ok_for_kernel, scale_grad_
-from ddk.kernels.options import LossOptions, PreparedTargets, combine_rows, prepare_targets, reduce_rows
+from ddk.kernels.options import (
+    LossOptions,
+    PreparedTargets,
+    combine_rows,
+    prepare_targets,
+    reduce_rows,
+)
 from ddk.kernels.validate import check_logits
 
 _REUSE_MSG = (
@@ -63,10 +68,13 @@ class SparseKLFunction(torch.autograd.Function):
         ctx.grad = grad
         ctx.backend = backend
         ctx.consumed = False
-        return reduce_rows(combine_rows(kl, ce, opts), prep, opts)
+        loss = reduce_rows(combine_rows(kl, ce, opts), prep, opts)
+        kl_part, ce_part = reduce_rows(kl, prep, opts), reduce_rows(ce, prep, opts)
+        ctx.mark_non_differentiable(kl_part, ce_part)
+        return loss, kl_part, ce_part
 
     @staticmethod
-    def backward(ctx, grad_loss):
+    def backward(ctx, grad_loss, _grad_kl, _grad_ce):
         grad = ctx.grad
         if grad is None:
             return None, None, None, None, None
@@ -94,7 +102,8 @@ def sparse_kl_loss(
     inplace_grad: bool = False,
     validate: bool = True,
     backend: str = "auto",
-) -> torch.Tensor:
+    return_components: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """kl_weight * T^2 * KL(teacher || student) + ce_weight * CE, per row, then reduced.
 
     Args:
@@ -116,9 +125,13 @@ def sparse_kl_loss(
         validate: check ids / labels / log-prob values (one device sync); shapes, dtypes
             and options are always checked.
         backend: "auto" (Triton on CUDA, chunked PyTorch elsewhere), "triton" or "torch".
+        return_components: also return the two terms for logging, from the same pass.
 
     Returns:
         fp32 (float64 for float64 logits) scalar, or [N] for reduction="none".
+        With return_components: (loss, kl, ce), where kl is KL(teacher_T || student_T)
+        without weight or T^2 and ce the cross-entropy, reduced like the loss and detached;
+        ce is None when ce_weight == 0 (it is not computed then).
         Backward may run once per forward (the stored gradient is rescaled in place).
 
     Raises:
@@ -139,4 +152,7 @@ def sparse_kl_loss(
         validate=validate,
     )
     be = resolve_backend(backend, student_logits)
-    return SparseKLFunction.apply(student_logits, prep, opts, be, bool(inplace_grad))
+    loss, kl, ce = SparseKLFunction.apply(student_logits, prep, opts, be, bool(inplace_grad))
+    if return_components:
+        return loss, kl, (ce if ce_weight > 0 else None)
+    return loss

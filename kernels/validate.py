@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 
 import torch
-
 from ddk.kernels.errors import SparseKLInputError
 
 LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
@@ -44,7 +43,11 @@ def check_options(
     for name, val in (("kl_weight", kl_weight), ("ce_weight", ce_weight)):
         if not isinstance(val, (int, float)) or not math.isfinite(val) or val < 0:
             raise _err(f"{name} must be a finite float >= 0, got {val!r}")
-    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature <= 0:
+    if (
+        not isinstance(temperature, (int, float))
+        or not math.isfinite(temperature)
+        or temperature <= 0
+    ):
         raise _err(f"temperature must be a finite float > 0, got {temperature!r}")
     if tail not in TAIL_MODES:
         raise _err(f"tail must be one of {TAIL_MODES}, got {tail!r}")
@@ -89,9 +92,13 @@ def check_targets(
     if k > v:
         raise _err(f"k = {k} cached ids per row exceeds the student vocabulary V = {v}")
     if tuple(topk_logprobs.shape) != (n, k):
-        raise _err(f"topk_logprobs must be [N={n}, k={k}] like topk_ids, got {tuple(topk_logprobs.shape)}")
+        raise _err(
+            f"topk_logprobs must be [N={n}, k={k}] like topk_ids, got {tuple(topk_logprobs.shape)}"
+        )
     if topk_logprobs.dtype not in LOGPROB_DTYPES:
-        raise _err(f"topk_logprobs must be a float tensor (float16/float32), got {topk_logprobs.dtype}")
+        raise _err(
+            f"topk_logprobs must be a float tensor (float16/float32), got {topk_logprobs.dtype}"
+        )
     if tail_logprob is not None:
         if tuple(tail_logprob.shape) != (n,):
             raise _err(f"tail_logprob must be [N={n}], got shape {tuple(tail_logprob.shape)}")
@@ -109,7 +116,9 @@ def check_targets(
         ("labels", labels),
     ):
         if t is not None and t.device != device:
-            raise _err(f"{name} is on {t.device} but {logits_name} is on {device}; move them to one device")
+            raise _err(
+                f"{name} is on {t.device} but {logits_name} is on {device}; move them to one device"
+            )
     return k
 
 
@@ -147,8 +156,10 @@ def check_values(
     checks.append(
         (
             (lp > _LOGPROB_MAX) & act,
-            "topk_logprobs has values > 0 (+inf or not log-probs: pass log_softmax of the "
-            "teacher, not raw logits or probabilities)",
+            (
+                "topk_logprobs has values > 0 (+inf or not log-probs: pass log_softmax of the "
+                "teacher, not raw logits or probabilities)"
+            ),
         )
     )
     p_sum = torch.exp(lp).sum(-1)
@@ -164,8 +175,11 @@ def check_values(
             checks.append(
                 (
                     ((mass - 1.0).abs() > _MASS_TOL) & active,
-                    f"sum(exp(topk_logprobs)) + exp(tail_logprob) is not 1 (tolerance {_MASS_TOL}); "
-                    "tail_logprob must be log(1 - sum exp(topk_logprobs))",
+                    (
+                        f"sum(exp(topk_logprobs)) + exp(tail_logprob) is not 1 "
+                        f"(tolerance {_MASS_TOL}); tail_logprob must be "
+                        "log(1 - sum exp(topk_logprobs))"
+                    ),
                 )
             )
     checks.append(

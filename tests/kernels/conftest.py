@@ -66,7 +66,9 @@ def _make_case(
     t_logits = torch.randn(n, vt, generator=g, dtype=torch.float64) * 3
     if tail_zero:
         keep = torch.rand(n, vt, generator=g).argsort(-1)[:, :k]
-        t_logits = torch.full_like(t_logits, float("-inf")).scatter(1, keep, t_logits.gather(1, keep))
+        t_logits = torch.full_like(t_logits, float("-inf")).scatter(
+            1, keep, t_logits.gather(1, keep)
+        )
     lp_full = torch.log_softmax(t_logits, -1)
     vals, ids = lp_full.topk(k, -1)
     # shuffle the k columns: the kernel must not rely on sorted ids or values

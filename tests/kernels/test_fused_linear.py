@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from ddk.kernels import fused_linear_sparse_kl_loss, sparse_kl_loss
 
 pytestmark = pytest.mark.filterwarnings(
@@ -24,7 +23,11 @@ def _hw(n, h, v, dtype, seed=0):
 @pytest.mark.parametrize("chunk_rows", [None, 3])
 @pytest.mark.parametrize(
     "opts",
-    [dict(), dict(kl_weight=0.5, ce_weight=1.0, temperature=2.0), dict(tail="renorm", reduction="sum")],
+    [
+        {},
+        {"kl_weight": 0.5, "ce_weight": 1.0, "temperature": 2.0},
+        {"tail": "renorm", "reduction": "sum"},
+    ],
     ids=["kl", "kl+ce+T", "renorm-sum"],
 )
 def test_fused_matches_unfused_fp32(backend, chunk_rows, opts, make_case, relerr):
@@ -34,12 +37,28 @@ def test_fused_matches_unfused_fp32(backend, chunk_rows, opts, make_case, relerr
     # reference: explicit logits in float64, autograd through the matmul
     h64 = hid.double().cpu().requires_grad_()
     w64 = w.double().cpu().requires_grad_()
-    ref = sparse_kl_loss(h64 @ w64.t(), case["ids"].cpu(), case["lp"].cpu(), case["tail"].cpu(),
-                         case["labels"].cpu(), backend="torch", **opts)
+    ref = sparse_kl_loss(
+        h64 @ w64.t(),
+        case["ids"].cpu(),
+        case["lp"].cpu(),
+        case["tail"].cpu(),
+        case["labels"].cpu(),
+        backend="torch",
+        **opts,
+    )
     ref.backward()
     hh, ww = hid.clone().requires_grad_(), w.clone().requires_grad_()
-    loss = fused_linear_sparse_kl_loss(hh, ww, case["ids"], case["lp"], case["tail"], case["labels"],
-                                       chunk_rows=chunk_rows, backend=backend, **opts)
+    loss = fused_linear_sparse_kl_loss(
+        hh,
+        ww,
+        case["ids"],
+        case["lp"],
+        case["tail"],
+        case["labels"],
+        chunk_rows=chunk_rows,
+        backend=backend,
+        **opts,
+    )
     (2.5 * loss).backward()  # grad_output != 1: backward rescales the stored gradients
     assert relerr(loss, ref) < 1e-5
     assert relerr(hh.grad, 2.5 * h64.grad) < 1e-5
@@ -53,13 +72,29 @@ def test_fused_bf16_within_1e2(weight_grad_fp32, make_case, relerr):
     hid, w = _hw(n, h, v, torch.bfloat16)
     h64 = hid.double().cpu().requires_grad_()
     w64 = w.double().cpu().requires_grad_()
-    opts = dict(kl_weight=0.5, ce_weight=1.0)
-    ref = sparse_kl_loss(h64 @ w64.t(), case["ids"].cpu(), case["lp"].cpu(), case["tail"].cpu(),
-                         case["labels"].cpu(), backend="torch", **opts)
+    opts = {"kl_weight": 0.5, "ce_weight": 1.0}
+    ref = sparse_kl_loss(
+        h64 @ w64.t(),
+        case["ids"].cpu(),
+        case["lp"].cpu(),
+        case["tail"].cpu(),
+        case["labels"].cpu(),
+        backend="torch",
+        **opts,
+    )
     ref.backward()
     hh, ww = hid.clone().requires_grad_(), w.clone().requires_grad_()
-    loss = fused_linear_sparse_kl_loss(hh, ww, case["ids"], case["lp"], case["tail"], case["labels"],
-                                       chunk_rows=5, weight_grad_fp32=weight_grad_fp32, **opts)
+    loss = fused_linear_sparse_kl_loss(
+        hh,
+        ww,
+        case["ids"],
+        case["lp"],
+        case["tail"],
+        case["labels"],
+        chunk_rows=5,
+        weight_grad_fp32=weight_grad_fp32,
+        **opts,
+    )
     loss.backward()
     assert hh.grad.dtype == torch.bfloat16 and ww.grad.dtype == torch.bfloat16
     assert relerr(loss, ref) < 1e-2

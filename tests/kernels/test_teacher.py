@@ -5,7 +5,6 @@ from __future__ import annotations
 from decimal import Decimal, getcontext
 
 import torch
-
 from ddk.kernels.teacher import log1mexp, prepare_teacher, tail_from_topk
 
 
@@ -39,16 +38,18 @@ def _teacher(seed=0):
 
 def test_bucket_t1_keeps_teacher_unscaled():
     vals, tail = _teacher()
-    a, b = prepare_teacher(vals, tail, vocab_size=30, temperature=1.0, tail="bucket", active=None,
-                           dtype=torch.float64)
+    a, b = prepare_teacher(
+        vals, tail, vocab_size=30, temperature=1.0, tail="bucket", active=None, dtype=torch.float64
+    )
     assert torch.equal(a, vals) and torch.equal(b, tail)
 
 
 def test_bucket_tempered_is_a_distribution_with_exact_cached_ratios():
     vals, tail = _teacher()
     T = 2.0
-    a, b = prepare_teacher(vals, tail, vocab_size=30, temperature=T, tail="bucket", active=None,
-                           dtype=torch.float64)
+    a, b = prepare_teacher(
+        vals, tail, vocab_size=30, temperature=T, tail="bucket", active=None, dtype=torch.float64
+    )
     total = torch.exp(a).sum(-1) + torch.exp(b)
     assert torch.allclose(total, torch.ones_like(total), atol=1e-12)
     # ratios among cached tokens are exactly those of the tempered teacher
@@ -59,8 +60,9 @@ def test_bucket_tempered_is_a_distribution_with_exact_cached_ratios():
 
 def test_renorm_drops_tail_and_sums_to_one():
     vals, tail = _teacher()
-    a, b = prepare_teacher(vals, tail, vocab_size=30, temperature=1.0, tail="renorm", active=None,
-                           dtype=torch.float64)
+    a, b = prepare_teacher(
+        vals, tail, vocab_size=30, temperature=1.0, tail="renorm", active=None, dtype=torch.float64
+    )
     assert torch.allclose(torch.exp(a).sum(-1), torch.ones(4, dtype=torch.float64), atol=1e-12)
     assert bool((b == float("-inf")).all())
 
@@ -69,7 +71,14 @@ def test_inactive_rows_are_neutralised():
     vals, tail = _teacher()
     vals[1] = float("nan")
     active = torch.tensor([True, False, True, True])
-    a, b = prepare_teacher(vals, tail, vocab_size=30, temperature=2.0, tail="bucket", active=active,
-                           dtype=torch.float32)
+    a, b = prepare_teacher(
+        vals,
+        tail,
+        vocab_size=30,
+        temperature=2.0,
+        tail="bucket",
+        active=active,
+        dtype=torch.float32,
+    )
     assert bool((a[1] == float("-inf")).all()) and b[1] == float("-inf")
     assert torch.isfinite(a[0]).all()

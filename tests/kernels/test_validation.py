@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from ddk.cache.errors import BackendUnavailableError, DDKError
 from ddk.kernels import SparseKLInputError, fused_linear_sparse_kl_loss, sparse_kl_loss
 
 
 def _call(case, **kw):
-    args = dict(
-        student_logits=case["logits"],
-        topk_ids=case["ids"],
-        topk_logprobs=case["lp"],
-        tail_logprob=case["tail"],
-        labels=case["labels"],
-    )
+    args = {
+        "student_logits": case["logits"],
+        "topk_ids": case["ids"],
+        "topk_logprobs": case["lp"],
+        "tail_logprob": case["tail"],
+        "labels": case["labels"],
+    }
     opts = {k: v for k, v in kw.items() if k not in args}
     args.update({k: v for k, v in kw.items() if k in args})
     return sparse_kl_loss(**args, backend="torch", **opts)
@@ -30,22 +29,22 @@ def test_error_type_is_ddk_and_value_error():
 @pytest.mark.parametrize(
     "mutate, match",
     [
-        (lambda c: dict(student_logits=c["logits"][0]), "must be 2-D"),
-        (lambda c: dict(student_logits=c["logits"].to(torch.int32)), "float32/bfloat16"),
-        (lambda c: dict(topk_ids=c["ids"][:-1]), "topk_ids must be"),
-        (lambda c: dict(topk_ids=c["ids"].float()), "int32 or int64"),
-        (lambda c: dict(topk_ids=c["ids"][:, :0], topk_logprobs=c["lp"][:, :0]), "k = 0"),
-        (lambda c: dict(topk_logprobs=c["lp"][:, :-1]), "topk_logprobs must be"),
-        (lambda c: dict(topk_logprobs=c["lp"].long()), "float tensor"),
-        (lambda c: dict(tail_logprob=c["tail"][:-1]), "tail_logprob must be"),
-        (lambda c: dict(labels=c["labels"].float()), "integer tensor"),
-        (lambda c: dict(labels=c["labels"][:-1]), "labels must be"),
-        (lambda c: dict(labels=None, ce_weight=1.0), "needs labels"),
-        (lambda c: dict(temperature=0.0), "temperature"),
-        (lambda c: dict(temperature=float("nan")), "temperature"),
-        (lambda c: dict(kl_weight=-1.0), "kl_weight"),
-        (lambda c: dict(tail="drop"), "tail must be"),
-        (lambda c: dict(reduction="avg"), "reduction must be"),
+        (lambda c: {"student_logits": c["logits"][0]}, "must be 2-D"),
+        (lambda c: {"student_logits": c["logits"].to(torch.int32)}, "float32/bfloat16"),
+        (lambda c: {"topk_ids": c["ids"][:-1]}, "topk_ids must be"),
+        (lambda c: {"topk_ids": c["ids"].float()}, "int32 or int64"),
+        (lambda c: {"topk_ids": c["ids"][:, :0], "topk_logprobs": c["lp"][:, :0]}, "k = 0"),
+        (lambda c: {"topk_logprobs": c["lp"][:, :-1]}, "topk_logprobs must be"),
+        (lambda c: {"topk_logprobs": c["lp"].long()}, "float tensor"),
+        (lambda c: {"tail_logprob": c["tail"][:-1]}, "tail_logprob must be"),
+        (lambda c: {"labels": c["labels"].float()}, "integer tensor"),
+        (lambda c: {"labels": c["labels"][:-1]}, "labels must be"),
+        (lambda c: {"labels": None, "ce_weight": 1.0}, "needs labels"),
+        (lambda c: {"temperature": 0.0}, "temperature"),
+        (lambda c: {"temperature": float("nan")}, "temperature"),
+        (lambda c: {"kl_weight": -1.0}, "kl_weight"),
+        (lambda c: {"tail": "drop"}, "tail must be"),
+        (lambda c: {"reduction": "avg"}, "reduction must be"),
     ],
 )
 def test_shape_dtype_option_errors(mutate, match, make_case):
