@@ -85,8 +85,9 @@ def _sparse_kl_fwd_kernel(
     zy = 0.0
     if HAS_CE:
         zy = tl.load(X_ptr + y).to(tl.float32)
+    tl.debug_barrier()  # every warp has read zc / zy before any sentinel lands (label may be cached)
     tl.store(X_ptr + ids, NEG_INF, mask=kmask)
-    tl.debug_barrier()
+    tl.debug_barrier()  # sentinels visible to every warp before pass 1
 
     # 2. pass 1: online max (raw) and sum-exp over the non-cached tokens (cached read -inf).
     # Differences to the max are taken on raw logits, then scaled by 1/T; (max, sum) are
@@ -177,14 +178,14 @@ def _sparse_kl_fwd_kernel(
             gc -= tl.where(ids == y, cce, 0.0)
         tl.store(G_ptr + ids, gc.to(G_ptr.dtype.element_ty), mask=kmask)
         if HAS_CE:
-            label_cached = tl.sum(tl.where(kmask & (ids == y), 1, 0), 0) > 0
+            # label outside the cached ids: its gradient is the tail formula minus c_ce
+            n_hits = tl.sum(tl.where(kmask & (ids == y), 1, 0), 0)
             if UNIT_T:
                 gy = tl.exp(zy - m_sh - ld_sh) * c_tail - cce
             else:
                 gy = tl.exp((zy - m_sh) * inv_T - ld_sh) * c_tail
                 gy += cce * tl.exp(zy - big_sh - lse1_rel) - cce
-            if not label_cached:
-                tl.store(G_ptr + y, gy.to(G_ptr.dtype.element_ty))
+            tl.store(G_ptr + y, gy.to(G_ptr.dtype.element_ty), mask=n_hits == 0)
     else:
         tl.debug_barrier()
 

@@ -199,7 +199,7 @@ def check_values(
                 f"labels has values outside [0, {vocab_size}) that are not ignore_index={ignore_index}",
             )
         )
-    flags = torch.stack([c.reshape(c.shape[0], -1).any(-1) for c, _ in checks])  # [C, N]
+    flags = torch.stack([c if c.dim() == 1 else c.any(-1) for c, _ in checks])  # [C, N]
     bad = flags.any(-1).tolist()  # the one sync
     for (_, msg), (is_bad, row_flags) in zip(checks, zip(bad, flags)):
         if is_bad:

@@ -326,3 +326,15 @@ def test_return_components_match_separate_terms(backend, reduction, make_case, o
         return_components=True,
     )
     assert no_ce is None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_zero_rows(backend):
+    z = torch.randn(0, 10, device=DEVICE, requires_grad=True)
+    ids = torch.zeros(0, 3, dtype=torch.long, device=DEVICE)
+    labels = torch.zeros(0, dtype=torch.long, device=DEVICE)
+    loss = sparse_kl_loss(
+        z, ids, torch.zeros(0, 3, device=DEVICE), None, labels, ce_weight=1.0, backend=backend
+    )
+    loss.backward()
+    assert float(loss.detach()) == 0.0 and z.grad.shape == (0, 10)
