@@ -141,17 +141,22 @@ def read_plan(reader: Any, domain_names: Sequence[str], plan: Sequence[tuple[int
 
 
 class PrefetchLoader:
-    """Iterator over `num_batches` micro-batches of `batch_size` sequences, read ahead by a thread.
+    """Iterator over `num_batches` micro-batches of `batch_size` sequences, read ahead.
 
-    The first `skip` batches are drawn from the sampler but not read (used to fast-forward a
-    resumed run to the middle of an interval). Iterate it exactly once; close() stops the thread.
+    A feeder thread draws the plans from the sampler in order (the only sampler caller while the
+    loader runs, so the stream is deterministic) and hands each to a pool of `workers` reader
+    threads; batches come out in plan order, at most `depth` ahead of the consumer. The first
+    `skip` batches are drawn but not read (used to fast-forward a resumed run to the middle of
+    an interval). Iterate it once; close() stops the threads.
     """
 
     _DONE = object()
 
     def __init__(self, reader: Any, domain_names: Sequence[str], sampler: DomainSampler,
                  batch_size: int, num_batches: int, *, skip: int = 0, depth: int = 4,
-                 pin_memory: bool = False, split: str = "train") -> None:
+                 workers: int = 2, pin_memory: bool = False, split: str = "train") -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
         self.reader, self.domain_names, self.sampler = reader, list(domain_names), sampler
         self.batch_size, self.num_batches, self.split = batch_size, num_batches, split
         self.pin_memory = pin_memory
@@ -160,10 +165,15 @@ class PrefetchLoader:
         self._remaining = num_batches - skip
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="ddk-read")
         self._finished = False
-        self.wait_s = 0.0  # time the consumer spent blocked on the queue (data stalls)
-        self._thread = threading.Thread(target=self._work, name="ddk-prefetch", daemon=True)
+        self.wait_s = 0.0  # time the consumer spent blocked waiting for data (stalls)
+        self._thread = threading.Thread(target=self._feed, name="ddk-prefetch", daemon=True)
         self._thread.start()
+
+    def _read(self, plan: list[tuple[int, int]]) -> SampledBatch:
+        batch = read_plan(self.reader, self.domain_names, plan, self.split)
+        return batch.pin_memory() if self.pin_memory else batch
 
     def _put(self, item: Any) -> bool:
         while not self._stop.is_set():
@@ -174,16 +184,13 @@ class PrefetchLoader:
                 continue
         return False
 
-    def _work(self) -> None:
+    def _feed(self) -> None:
         try:
             for _ in range(self._remaining):
                 if self._stop.is_set():
                     return
                 plan = self.sampler.draw(self.batch_size)
-                batch = read_plan(self.reader, self.domain_names, plan, self.split)
-                if self.pin_memory:
-                    batch = batch.pin_memory()
-                if not self._put(batch):
+                if not self._put(self._pool.submit(self._read, plan)):
                     return
             self._put(self._DONE)
         except BaseException as e:  # re-raised in the consumer thread
@@ -197,14 +204,20 @@ class PrefetchLoader:
             raise StopIteration
         t0 = time.perf_counter()
         item = self._queue.get()
-        self.wait_s += time.perf_counter() - t0
-        if item is self._DONE or isinstance(item, BaseException):
-            self._finished = True
-            self._thread.join()
-            if item is self._DONE:
-                raise StopIteration
-            raise item
-        return item
+        try:
+            if item is self._DONE or isinstance(item, BaseException):
+                self._finished = True
+                self._thread.join()
+                if item is self._DONE:
+                    raise StopIteration
+                raise item
+            try:
+                return item.result()
+            except BaseException:
+                self._finished = True
+                raise
+        finally:
+            self.wait_s += time.perf_counter() - t0
 
     def close(self) -> None:
         self._stop.set()
@@ -214,3 +227,4 @@ class PrefetchLoader:
             except queue.Empty:
                 pass
         self._thread.join()
+        self._pool.shutdown(wait=True, cancel_futures=True)

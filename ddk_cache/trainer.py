@@ -327,9 +327,9 @@ def _micro_loss(model: torch.nn.Module, batch: SampledBatch, cfg: TrainConfig,
     T = cfg.temperature
     with torch.no_grad():  # T^2 * KL, as it enters the loss
         kl_t2 = sparse_kl_loss(logits.detach(), *teacher, kl_weight=1.0, ce_weight=0.0,
-                               temperature=T)
+                               temperature=T)  # also validates the cached ids / log-probs
     loss = sparse_kl_loss(logits, *teacher, kl_weight=kl_weight, ce_weight=1.0, temperature=T,
-                          inplace_grad=True)
+                          inplace_grad=True, validate=False)
     return loss, loss.detach() - kl_weight * kl_t2, kl_t2 / (T * T)
 
 
@@ -402,6 +402,7 @@ def _train(cfg: TrainConfig, d: _Dist) -> TrainResult:
         snapshot = ck["samplers"][d.rank]
         _set_rng_state(ck["rng"][d.rank])
         del ck
+    _barrier(d)  # every rank has checked for an existing run before rank 0 writes anything
     metrics = MetricsLog(out / "metrics.jsonl", enabled=main,
                          tensorboard_dir=out / "tensorboard" if cfg.tensorboard else None)
     metrics.truncate(step)  # drop what a killed run logged after its checkpoint (or a stale file)

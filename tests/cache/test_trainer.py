@@ -213,7 +213,7 @@ def test_micro_loss_matches_a_hand_written_ce_plus_kl(train_cache, tiny_student_
     ref = ref_ce + gamma * T * T * ref_kl
     assert float(kl) == pytest.approx(float(ref_kl.detach()), rel=1e-4)
     assert float(ce) == pytest.approx(float(ref_ce.detach()), rel=1e-4)
-    assert float(loss) == pytest.approx(float(ref.detach()), rel=1e-4)
+    assert float(loss.detach()) == pytest.approx(float(ref.detach()), rel=1e-4)
     ref.float().backward()
     for n, p_ in model.named_parameters():
         torch.testing.assert_close(grads[n], p_.grad, rtol=1e-3, atol=1e-5, msg=n)
