@@ -176,9 +176,11 @@ def _layout(reader: CacheReader) -> dict[str, Any]:
                      "codec_profile": enc["codec_profile"]},
         "arrays": {},
     }
-    for domain in reader.domains:
-        for split in SPLITS:
-            for name in (*_array_names("validation"), "shard_done"):
+    # shapes of the first domain/split holding each array (a split smaller than
+    # sequences_per_shard has a shorter shard)
+    for name in (*_array_names("validation"), "shard_done"):
+        for domain in reader.domains:
+            for split in SPLITS:
                 if name in out["arrays"]:
                     continue
                 try:
