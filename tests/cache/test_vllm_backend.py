@@ -368,16 +368,26 @@ def test_cache_teacher_vllm_store_equals_transformers_store(tmp_path, tiny_teach
               "-q", "--json"]
     for name, path in sorted(small_corpus.items()):
         common += ["--domain", f"{name}={path}"]
-    stores = {}
-    for backend, exe, extra in (("transformers", sys.executable, ["--device", "cpu"]),
-                                ("vllm", python, ["--enforce-eager"])):
-        stores[backend] = tmp_path / f"cache-{backend}"
+
+    def cache_teacher(exe: str, backend: str, out: Path, *extra: str) -> dict:
         proc = subprocess.run([exe, "-m", "ddk.cli.main", "cache-teacher", "--backend",
-                               backend, "-o", str(stores[backend]), *common, *extra],
+                               backend, "-o", str(out), *common, *extra],
                               check=False, env=vllm_env(), capture_output=True, text=True,
                               timeout=900)
         assert proc.returncode == 0, f"{backend} cache job failed:\n{proc.stderr[-6000:]}"
-        assert json.loads(proc.stdout.strip().splitlines()[-1])["complete"] is True
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    stores = {"transformers": tmp_path / "cache-transformers", "vllm": tmp_path / "cache-vllm"}
+    assert cache_teacher(sys.executable, "transformers", stores["transformers"],
+                         "--device", "cpu")["complete"] is True
+    # The vLLM store is filled by two workers (the scale-out recipe of docs/scaling-out.md):
+    # the first leaves it incomplete, the second completes it.
+    first = cache_teacher(python, "vllm", stores["vllm"], "--enforce-eager",
+                          "--num-workers", "2", "--worker-index", "0")
+    assert first["complete"] is False and first["shards_written"] > 0
+    second = cache_teacher(python, "vllm", stores["vllm"], "--enforce-eager",
+                           "--num-workers", "2", "--worker-index", "1")
+    assert second["complete"] is True and second["shards_written"] > 0
     ref, got = (CacheReader.open(stores[b]) for b in ("transformers", "vllm"))
     assert got.meta["teacher"]["backend"] == "vllm"
     assert {k: v for k, v in got.teacher.items() if k != "backend"} == \
