@@ -415,3 +415,13 @@ def test_cache_teacher_vllm_store_equals_transformers_store(tmp_path, tiny_teach
         # The teacher's validation loss: exact, from the unquantised target log-probs.
         assert got.teacher_loss(domain) == pytest.approx(ref.teacher_loss(domain),
                                                          rel=LOSS_RTOL)
+
+
+@pytest.mark.slow
+def test_vllm_teacher_rejects_bad_requests_with_teacher_error(both_backends):
+    """Too-long sequences and impossible k fail with a TeacherError saying what to change."""
+    _, info, _ = both_backends
+    errors = info["errors"]
+    assert "513 tokens exceed the teacher's max_model_len 512" in errors["too_long"]
+    assert "k=0 must be between 1 and the vocabulary size 320" in errors["k_zero"]
+    assert "k=321" in errors["k_above_vocab"]

@@ -42,7 +42,20 @@ def main(spec_path: str) -> None:
             teacher._flat = True
             for f in fields:
                 out[f"dict_{job['name']}_k{job['k']}_{f}"] = getattr(scores, f)
-    info = {"vocab_size": teacher.vocab_size, "max_seq_len": teacher.max_seq_len,
+    errors = {}  # the backend's own checks, on the live engine
+    from ddk.cache.errors import TeacherError
+
+    too_long = np.full((1, teacher.max_seq_len + 1), 5, dtype=np.int64)
+    for name, call in (("too_long", lambda: teacher.score(too_long, 4)),
+                       ("k_zero", lambda: teacher.score(too_long[:, :8], 0)),
+                       ("k_above_vocab", lambda: teacher.score(too_long[:, :8],
+                                                               teacher.vocab_size + 1))):
+        try:
+            call()
+            errors[name] = None
+        except TeacherError as e:
+            errors[name] = str(e)
+    info = {"errors": errors, "vocab_size": teacher.vocab_size, "max_seq_len": teacher.max_seq_len,
             "identity": teacher.identity, "backend_name": teacher.backend_name,
             "seconds": time.perf_counter() - t0}
     teacher.close()
