@@ -21,6 +21,7 @@ import numpy as np
 
 
 def main(spec_path: str) -> None:
+    from ddk.cache.errors import TeacherError
     from ddk.cache.teacher.vllm_backend import VLLMTeacher
 
     with open(spec_path, encoding="utf-8") as f:
@@ -43,8 +44,6 @@ def main(spec_path: str) -> None:
             for f in fields:
                 out[f"dict_{job['name']}_k{job['k']}_{f}"] = getattr(scores, f)
     errors = {}  # the backend's own checks, on the live engine
-    from ddk.cache.errors import TeacherError
-
     too_long = np.full((1, teacher.max_seq_len + 1), 5, dtype=np.int64)
     for name, call in (("too_long", lambda: teacher.score(too_long, 4)),
                        ("k_zero", lambda: teacher.score(too_long[:, :8], 0)),
