@@ -21,6 +21,10 @@ sequence, shard = --sequences-per-shard sequences, CRC32C) by this script, with 
 numcodecs directly, and decoded back by it. A self-check writes one ddk profile through
 both paths and requires identical byte counts, so the two kinds are comparable.
 
+Also printed: the encode/decode speed of each codec on the two big arrays (one thread,
+numcodecs, fastest of 5 runs) and zeroth-order entropy estimates of the arrays, a floor for
+coders that code each value given its rank.
+
 Smaller k are measured by truncating the k=max scores: top-k of a top-K list sorted by
 log-prob is the top-k, and the tail log-mass grows by the dropped entries
 (log(exp(tail_K) + sum exp(lp[k:K])), in float64) -- the same quantities the teacher
@@ -44,6 +48,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -51,10 +56,11 @@ import numpy as np
 
 warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr version 3")
 
-#: log-prob steps measured for every ddk profile (max abs error = step / 2). 1/52 is the
-#: coarsest "round" step whose bound (0.0096) stays under 0.01 nats with float32 decoding.
-PROFILE_STEPS = (1 / 32, 1 / 52, 1 / 64, 1 / 128)
-EXPLORATORY_STEPS = (1 / 52, 1 / 64)
+#: log-prob steps measured for every ddk profile (max abs error = step / 2). 5/256 =
+#: 0.01953125 is 2.3 % under the 0.02 limit of the 0.01-nat goal and exact in binary, so
+#: -code * step decodes exactly in float32 (max error 0.0098).
+PROFILE_STEPS = (1 / 32, 5 / 256, 1 / 64, 1 / 128)
+EXPLORATORY_STEPS = (5 / 256, 1 / 64)
 MAX_ERROR_GOAL = 0.01
 BYTES_GOAL = 100.0
 ARRAYS = ("input_ids", "topk_ids", "topk_logprobs", "tail_logmass")
@@ -133,6 +139,7 @@ class Scores:
     vocab_size: int
     source: str
     teacher_seconds: float = 0.0
+    loaded_from: str | None = None  # the --scores file they were loaded from, if any
 
     def truncate(self, k: int) -> Scores:
         """The same scores at a smaller k (see the module docstring)."""
@@ -147,7 +154,7 @@ class Scores:
                                 np.log(np.exp(dropped).sum(-1)))
         return Scores(self.input_ids, self.topk_ids[..., :k], self.topk_logprobs[..., :k],
                       tail.astype(np.float32), self.target, self.vocab_size, self.source,
-                      self.teacher_seconds)
+                      self.teacher_seconds, self.loaded_from)
 
 
 def score_teacher(num_sequences: int, seq_len: int, k: int, corpus: str,
@@ -183,7 +190,8 @@ def load_or_score(args: argparse.Namespace) -> Scores:
     if path is not None and path.is_file():
         d = np.load(path, allow_pickle=False)
         s = Scores(d["input_ids"], d["topk_ids"], d["topk_logprobs"], d["tail"], d["target"],
-                   int(d["vocab_size"]), str(d["source"]), float(d["teacher_seconds"]))
+                   int(d["vocab_size"]), str(d["source"]), float(d["teacher_seconds"]),
+                   loaded_from=str(path))
         if s.input_ids.shape != (n, args.seq_len) or s.topk_ids.shape[-1] != args.k:
             raise SystemExit(f"{path} holds scores for another --tokens/--seq-len/--k; "
                              "delete it or pass another --scores")
@@ -214,8 +222,6 @@ class Decoded:
     topk_logprobs: np.ndarray  # float32, same order as Scores.topk_logprobs
     tail: np.ndarray
     bytes: dict[str, int]
-    write_seconds: float = 0.0
-    read_seconds: float = 0.0
 
 
 def write_ddk_store(root: Path, s: Scores, profile: str, step: float, sps: int) -> Decoded:
@@ -232,44 +238,36 @@ def write_ddk_store(root: Path, s: Scores, profile: str, step: float, sps: int) 
             "teacher": {"vocab_size": s.vocab_size}, "encoding": enc.to_json(),
             "sequences_per_shard": sps,
             "domains": {"bench": {"train_sequences": n, "validation_sequences": 0}}}
-    t0 = time.perf_counter()
     writer = CacheWriter.open(str(root), meta, overwrite=True)
     for shard in range(writer.num_shards("bench", "train")):
         a, b = writer.shard_range("bench", "train", shard)
         writer.write_shard("bench", "train", shard, s.input_ids[a:b], TeacherScores(
             s.topk_ids[a:b], s.topk_logprobs[a:b], s.tail[a:b], s.target[a:b]))
-    t1 = time.perf_counter()
     batch = CacheReader.open(str(root), require_complete=False).read("bench", "train", range(n))
-    t2 = time.perf_counter()
     return Decoded(batch.input_ids.numpy(), batch.topk_ids.numpy(),
                    batch.topk_logprobs.numpy(), batch.tail_logmass.numpy(),
-                   {a: data_bytes(root / "bench" / "train" / a) for a in ARRAYS}, t1 - t0, t2 - t1)
+                   {a: data_bytes(root / "bench" / "train" / a) for a in ARRAYS})
 
 
 def write_arrays(root: Path, arrays: dict[str, np.ndarray], pipelines: dict[str, dict[str, Any]],
-                 sps: int) -> tuple[dict[str, np.ndarray], dict[str, int], float, float]:
+                 sps: int) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """Write arrays with ddk's layout (chunk = 1 sequence, shard = sps) and read them back.
 
-    Returns (arrays read back, data bytes per array, write seconds, read seconds).
+    Returns (arrays read back, data bytes per array).
     """
     import zarr
 
     group = zarr.open_group(str(root), mode="w")
     out, nbytes = {}, {}
-    t_write = t_read = 0.0
     for name, a in arrays.items():
-        t0 = time.perf_counter()
         shard = (max(1, min(sps, a.shape[0])),) + a.shape[1:]
         arr = group.create_array(name, shape=a.shape, dtype=a.dtype, chunks=(1,) + a.shape[1:],
                                  shards=shard, **pipelines[name])
         for start in range(0, a.shape[0], sps):  # one shard per write, like CacheWriter
             arr[start:start + sps] = a[start:start + sps]
-        t1 = time.perf_counter()
         out[name] = np.asarray(zarr.open_array(str(root / name), mode="r")[:])
-        t_write += t1 - t0
-        t_read += time.perf_counter() - t1
         nbytes[name] = data_bytes(root / name)
-    return out, nbytes, t_write, t_read
+    return out, nbytes
 
 
 # -- exploratory encodings ----------------------------------------------------------------
@@ -345,7 +343,6 @@ def write_exploratory(root: Path, s: Scores, e: Exploratory, step: float, sps: i
                       table: np.ndarray) -> Decoded:
     from ddk.cache.encoding import dequantize_logprobs, id_dtype_for_vocab, quantize_logprobs
 
-    t0 = time.perf_counter()
     id_dtype = id_dtype_for_vocab(s.vocab_size)
     codes = quantize_logprobs(s.topk_logprobs, step)
     ids = s.topk_ids
@@ -360,9 +357,7 @@ def write_exploratory(root: Path, s: Scores, e: Exploratory, step: float, sps: i
             codes = np.take_along_axis(codes, order, -1)
     arrays = {"input_ids": s.input_ids.astype(id_dtype), "topk_ids": ids.astype(id_dtype),
               "topk_logprobs": codes, "tail_logmass": quantize_logprobs(s.tail, step)}
-    t_prep = time.perf_counter() - t0
-    back, nbytes, t_write, t_read = write_arrays(root, arrays, e.pipelines(id_dtype), sps)
-    t0 = time.perf_counter()
+    back, nbytes = write_arrays(root, arrays, e.pipelines(id_dtype), sps)
     ids_back = back["topk_ids"].astype(np.int64)
     codes_back = back["topk_logprobs"]
     if order is not None:  # back to the exact scores' rank order, to compare
@@ -371,10 +366,9 @@ def write_exploratory(root: Path, s: Scores, e: Exploratory, step: float, sps: i
         codes_back = np.take_along_axis(codes_back, rank, -1)
     if e.ids != "rank":
         ids_back = table[ids_back]
-    lp_back = dequantize_logprobs(codes_back, step)
-    tail_back = dequantize_logprobs(back["tail_logmass"], step)
-    return Decoded(back["input_ids"].astype(np.int64), ids_back, lp_back, tail_back, nbytes,
-                   t_prep + t_write, t_read + time.perf_counter() - t0)
+    return Decoded(back["input_ids"].astype(np.int64), ids_back,
+                   dequantize_logprobs(codes_back, step),
+                   dequantize_logprobs(back["tail_logmass"], step), nbytes)
 
 
 # -- metrics ----------------------------------------------------------------------------
@@ -393,8 +387,6 @@ class Row:
     tail_err: float
     kl_mean: float
     kl_max: float
-    write_us: float = 0.0  # microseconds per input token (encode + write)
-    read_us: float = 0.0  # microseconds per input token (read + decode)
     note: str = ""
 
     @property
@@ -439,9 +431,7 @@ def measure(s: Scores, d: Decoded, **row: Any) -> Row:
     n, L = s.input_ids.shape
     return Row(bytes=d.bytes, tokens=n * L, entries=s.topk_ids.size, max_err=float(err.max()),
                mean_err=float(err.mean()), tail_err=float(tail_err.max(initial=0.0)),
-               kl_mean=float(kl.mean()), kl_max=float(kl.max()),
-               write_us=d.write_seconds / (n * L) * 1e6, read_us=d.read_seconds / (n * L) * 1e6,
-               **row)
+               kl_mean=float(kl.mean()), kl_max=float(kl.max()), **row)
 
 
 def entropy_bits(x: np.ndarray) -> float:
@@ -481,39 +471,26 @@ def bounds(s: Scores, step: float) -> dict[str, float]:
 
 # -- driver -----------------------------------------------------------------------------
 
-def _timed(write: Callable[[Path], Decoded], root: Path, reps: int) -> Decoded:
-    """Write + read `reps` times (fresh store each time); keep the fastest timings."""
-    d = write(root)
-    for i in range(1, reps):
-        again = write(root.with_name(f"{root.name}-rep{i}"))
-        d.write_seconds = min(d.write_seconds, again.write_seconds)
-        d.read_seconds = min(d.read_seconds, again.read_seconds)
-    return d
-
-
-def run_k(s: Scores, k: int, table: np.ndarray, sps: int, tmp: Path,
-          full: bool, reps: int) -> list[Row]:
+def run_k(s: Scores, k: int, table: np.ndarray, sps: int, tmp: Path, full: bool) -> list[Row]:
     from ddk.cache.encoding import CODEC_PROFILES
 
     sk = s.truncate(k)
     rows = []
-    steps = PROFILE_STEPS if full else (1 / 52, 1 / 64)
+    steps = PROFILE_STEPS if full else EXPLORATORY_STEPS
     for profile in CODEC_PROFILES:
         for step in steps:
             root = tmp / f"ddk-{k}-{profile}-{step}"
-            d = _timed(lambda r, p=profile, st=step: write_ddk_store(r, sk, p, st, sps),
-                       root, reps)
+            d = write_ddk_store(root, sk, profile, step, sps)
             rows.append(measure(sk, d, k=k, kind="ddk", name=profile, step=step))
-            print(f"  k={k} ddk {profile} step 1/{1 / step:.0f}: "
+            print(f"  k={k} ddk {profile} step {fmt_step(step)}: "
                   f"{rows[-1].per_token:.1f} B/token", file=sys.stderr)
     for e in EXPLORATORY:
         for step in EXPLORATORY_STEPS:
             root = tmp / f"exp-{k}-{e.name}-{step}"
-            d = _timed(lambda r, e=e, st=step: write_exploratory(r, sk, e, st, sps, table),
-                       root, reps)
+            d = write_exploratory(root, sk, e, step, sps, table)
             rows.append(measure(sk, d, k=k, kind="exploratory", name=e.name, step=step,
                                 note=e.note))
-            print(f"  k={k} exploratory {e.name} step 1/{1 / step:.0f}: "
+            print(f"  k={k} exploratory {e.name} step {fmt_step(step)}: "
                   f"{rows[-1].per_token:.1f} B/token", file=sys.stderr)
     return rows
 
@@ -529,31 +506,73 @@ def self_check(s: Scores, sps: int, tmp: Path) -> None:
               "topk_logprobs": quantize_logprobs(s.topk_logprobs, step),
               "tail_logmass": quantize_logprobs(s.tail, step)}
     pipes = {a: codec_pipeline(profile, a, str(v.dtype)) for a, v in arrays.items()}
-    _, mine, _, _ = write_arrays(tmp / "check-mine", arrays, pipes, sps)
+    _, mine = write_arrays(tmp / "check-mine", arrays, pipes, sps)
     if mine != ddk.bytes:
         raise AssertionError(f"bench writer {mine} != CacheWriter {ddk.bytes}")
 
 
+def codec_speed(s: Scores, step: float, reps: int = 5) -> str:
+    """Encode/decode time of each codec on the two big arrays, one chunk per sequence.
+
+    Store writes/reads also pay zarr's own overhead (the same for every codec) and, on a
+    shared machine, noise; this isolates what differs between the candidates.
+    """
+    from ddk.cache.encoding import quantize_logprobs
+    from numcodecs import Blosc, Delta, PCodec, Zstd
+
+    ids = s.topk_ids.astype(np.uint16 if s.vocab_size <= 65536 else np.int32)
+    codes = quantize_logprobs(s.topk_logprobs, step)
+    delta = Delta(dtype="<u2")
+    candidates = {
+        "blosc-shuffle (zstd 5)": Blosc(cname="zstd", clevel=5, shuffle=Blosc.SHUFFLE),
+        "blosc9-shuffle (zstd 9)": Blosc(cname="zstd", clevel=9, shuffle=Blosc.SHUFFLE),
+        "zstd-delta (zstd 9)": Zstd(level=9),
+        "zstd (zstd 3, no delta)": Zstd(level=3),
+        "pcodec (level 8)": PCodec(level=8),
+        "pcodec-12 (level 12)": PCodec(level=12),
+    }
+    n, L = s.input_ids.shape
+    lines = ["| codec | encode us/token | decode us/token | encode k tokens/s | B/token |",
+             "|---|---|---|---|---|"]
+    for name, codec in candidates.items():
+        filt = (lambda x: x) if name.startswith("zstd (") else delta.encode
+        unfilt = (lambda x: x) if name.startswith("zstd (") else delta.decode
+        best_enc = best_dec = math.inf
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            blobs = [codec.encode(np.ascontiguousarray(ids[i])) for i in range(n)]
+            blobs += [codec.encode(filt(np.ascontiguousarray(codes[i]))) for i in range(n)]
+            t1 = time.perf_counter()
+            for i, b in enumerate(blobs):
+                out = codec.decode(b)
+                if i >= n:
+                    unfilt(out)
+            best_enc = min(best_enc, t1 - t0)
+            best_dec = min(best_dec, time.perf_counter() - t1)
+        lines.append(f"| {name} | {best_enc / (n * L) * 1e6:.1f} | "
+                     f"{best_dec / (n * L) * 1e6:.2f} | {n * L / best_enc / 1e3:.0f} | "
+                     f"{sum(map(len, blobs)) / (n * L):.1f} |")
+    return "\n".join(lines)
+
+
 def fmt_step(step: float) -> str:
-    return f"1/{1 / step:.0f}"
+    return str(Fraction(step).limit_denominator(1 << 12))
 
 
-def table(rows: list[Row], timed_k: int) -> str:
-    """Markdown table; timings only for k = timed_k (the others are single noisy runs)."""
+def table(rows: list[Row]) -> str:
     head = ("| k | kind | encoding | step | max err | B/token | B/token w/o input_ids "
             "| B/entry | ids B/tok | lp B/tok | tail B/tok | input B/tok | max abs err | "
-            "mean abs err | tail max err | KL mean | KL max | write us/tok | read us/tok |")
+            "mean abs err | tail max err | KL mean | KL max |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         b = {a: r.bytes[a] / r.tokens for a in ARRAYS}
-        times = f"{r.write_us:.1f} | {r.read_us:.1f}"
         lines.append(
             f"| {r.k} | {r.kind} | {r.name} | {fmt_step(r.step)} | "
             f"{'<=0.01' if r.ok else '>0.01'} | **{r.per_token:.1f}** | "
             f"{r.per_token_no_input:.1f} | {r.per_entry:.3f} | {b['topk_ids']:.1f} | "
             f"{b['topk_logprobs']:.1f} | {b['tail_logmass']:.2f} | {b['input_ids']:.2f} | "
             f"{r.max_err:.4f} | {r.mean_err:.4f} | {r.tail_err:.4f} | {r.kl_mean:.2e} | "
-            f"{r.kl_max:.2e} | {times if r.k == timed_k else '- | -'} |")
+            f"{r.kl_max:.2e} |")
     return "\n".join(lines)
 
 
@@ -565,7 +584,8 @@ def render_report(args: argparse.Namespace, argv: list[str] | None, s: Scores, r
     n, L = s.input_ids.shape
     mass = np.exp(s.topk_logprobs.astype(np.float64)).sum(-1)
     also = f", also k={','.join(map(str, sorted(args.also_k)))}" if args.also_k else ""
-    b = bounds(s.truncate(args.k), 1 / 64)
+    bound_step = EXPLORATORY_STEPS[0]
+    b = bounds(s.truncate(args.k), bound_step)
     order0 = b["ids_H_given_rank"] + b["lp_delta_H_given_rank"] + b["tail_H0"] + b["input_H0"]
     report = [
         f"Teacher: embedded default (SmolLM2-135M-Instruct), fp32, CPU; text: {s.source}.",
@@ -577,13 +597,22 @@ def render_report(args: argparse.Namespace, argv: list[str] | None, s: Scores, r
          f"p5 {np.percentile(mass, 5):.3f}."),
         (f"Date {datetime.date.today().isoformat()}, {os.cpu_count()} CPU cores, "
          f"{platform.machine()}, Python {platform.python_version()}; "
-         f"teacher {s.teacher_seconds:.0f}s, total {seconds:.0f}s."),
+         f"teacher {s.teacher_seconds:.0f}s"
+         f"{f' (scores loaded from {s.loaded_from})' if s.loaded_from else ''}, this run "
+         f"{seconds:.0f}s."),
         "Command: python bench/bench_cache_codecs.py " + " ".join(
             sys.argv[1:] if argv is None else argv),
         "",
-        table(rows, args.k),
+        table(rows),
         "",
-        (f"Zeroth-order entropy estimates at k={args.k}, step 1/64, in bytes/token (plug-in "
+        (f"Codec speed, one thread, topk_ids + topk_logprobs chunks at k={args.k}, step "
+         f"{fmt_step(EXPLORATORY_STEPS[0])} (numcodecs, fastest of 5 runs; microseconds per "
+         "input token; B/token of those two arrays without shard index and checksums):"),
+        "",
+        codec_speed(s.truncate(args.k), EXPLORATORY_STEPS[0]),
+        "",
+        (f"Zeroth-order entropy estimates at k={args.k}, step {fmt_step(bound_step)}, in "
+         "bytes/token (plug-in "
          "estimates: optimistic when a symbol has few samples):"),
         "",
         (f"- top-k ids in rank order: H0 = {b['ids_H0_bits_per_entry']:.2f} bits/entry = "
@@ -604,9 +633,11 @@ def render_report(args: argparse.Namespace, argv: list[str] | None, s: Scores, r
         bd = min((r for r in ok if r.kind == "ddk"), key=lambda r: r.per_token)
         ba = min(ok, key=lambda r: r.per_token)
         goal = " (meets the 100 B/token goal)" if ba.per_token <= BYTES_GOAL else ""
-        report.append(f"- k={k}: ddk profile {bd.name} step {fmt_step(bd.step)} = "
-                      f"{bd.per_token:.1f}; any candidate: {ba.kind} {ba.name} step "
-                      f"{fmt_step(ba.step)} = {ba.per_token:.1f}{goal}")
+        mass = np.exp(s.topk_logprobs[..., :k].astype(np.float64)).sum(-1)
+        report.append(f"- k={k} (top-k mass mean {mass.mean():.3f}): ddk profile {bd.name} "
+                      f"step {fmt_step(bd.step)} = {bd.per_token:.1f}; any candidate: "
+                      f"{ba.kind} {ba.name} step {fmt_step(ba.step)} = {ba.per_token:.1f}"
+                      f"{goal}")
     table_bytes = len(PCodec().encode(freq.astype(np.uint16)))
     report += ["", (f"The remap rows also need their frequency table once per store: "
                     f"{s.vocab_size} uint16 entries, {table_bytes} bytes with PCodec (not "
@@ -632,8 +663,6 @@ def main(argv: list[str] | None = None) -> int:
                    help="auto: the bundled demo corpus if present, else Python stdlib text")
     p.add_argument("--scores", help="npz file: load the teacher scores from it if it exists "
                                     "(same --tokens/--seq-len/--k), else save them there")
-    p.add_argument("--timing-reps", type=int, default=3,
-                   help="writes/reads per candidate at --k; the fastest is reported")
     p.add_argument("--out", help="also write the markdown report to this file")
     args = p.parse_args(argv)
     if args.pilot_sequences < 1:
@@ -646,16 +675,14 @@ def main(argv: list[str] | None = None) -> int:
     pilot = s_all.topk_ids[-P:]
     s = Scores(s_all.input_ids[:-P], s_all.topk_ids[:-P], s_all.topk_logprobs[:-P],
                s_all.tail[:-P], s_all.target[:-P], s_all.vocab_size, s_all.source,
-               s_all.teacher_seconds)
+               s_all.teacher_seconds, s_all.loaded_from)
     freq = frequency_table(pilot, s.vocab_size)
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="ddk-codec-bench-") as tmp_dir:
         tmp = Path(tmp_dir)
         self_check(s, args.sequences_per_shard, tmp)
         for k in [args.k] + sorted(set(args.also_k) - {args.k}, reverse=True):
-            main_k = k == args.k
-            rows += run_k(s, k, freq, args.sequences_per_shard, tmp, full=main_k,
-                          reps=args.timing_reps if main_k else 1)
+            rows += run_k(s, k, freq, args.sequences_per_shard, tmp, full=(k == args.k))
     text = render_report(args, argv, s, rows, freq, time.perf_counter() - t0)
     print(text)
     if args.out:

@@ -18,6 +18,7 @@ import pytest
 import zarr
 from ddk.cache.cache_job import CacheJobConfig, run_cache_job
 from ddk.cache.corpus import DomainSpec
+from ddk.cache.encoding import CODEC_PROFILES
 from ddk.cache.store import CacheReader
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "cache-format.md"
@@ -63,10 +64,12 @@ def build(workdir: Path, corpus: dict[str, Path], teacher: Path, **kw: Any) -> P
     return out
 
 
-@pytest.mark.parametrize("profile,step,full_vocab", [
-    ("blosc-shuffle", 1 / 64, False), ("zstd-delta", 1 / 50, False), ("zstd", 1 / 128, False),
-    ("blosc-shuffle", 1 / 64, True),  # k = vocabulary: the tail is stored as the -inf code
-])
+STEPS = (1 / 64, 1 / 50, 1 / 128, 5 / 256)
+CASES = [(profile, STEPS[i % len(STEPS)], False) for i, profile in enumerate(CODEC_PROFILES)]
+CASES.append(("blosc-shuffle", 1 / 64, True))  # k = vocabulary: the tail is the -inf code
+
+
+@pytest.mark.parametrize("profile,step,full_vocab", CASES)
 def test_plain_zarr_example_matches_cache_reader(tmp_path, monkeypatch, small_corpus,
                                                  tiny_teacher_dir, profile, step, full_vocab):
     vocab = json.loads((tiny_teacher_dir / "config.json").read_text())["vocab_size"]
@@ -129,6 +132,13 @@ def test_store_layout_is_as_specified(tmp_path, small_corpus, tiny_teacher_dir):
         assert teacher["tokens"] == target.size
         assert teacher["loss"] == pytest.approx(-target.mean(), rel=1e-12)
         assert teacher["ppl"] == pytest.approx(np.exp(teacher["loss"]), rel=1e-12)
+
+
+def test_every_codec_profile_is_specified():
+    """The spec's codec table has a row for every profile ddk can write."""
+    rows = re.findall(r"^\| `([a-z0-9-]+)`", doc_text(), flags=re.MULTILINE)
+    missing = [p for p in CODEC_PROFILES if p not in rows]
+    assert not missing, f"codec profiles missing from the table in {DOC.name}: {missing}"
 
 
 def _key_paths(d: dict[str, Any], prefix: str = "") -> list[str]:
