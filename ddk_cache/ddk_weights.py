@@ -25,12 +25,15 @@ from ddk.cache.errors import ConfigError
 __all__ = ["discrepancy", "initial_weights", "update_weights", "fixed_weights"]
 
 
-def _vec(x: Sequence[float] | torch.Tensor, name: str) -> torch.Tensor:
+def _vec(x: Sequence[float] | torch.Tensor, name: str, *, allow_zero: bool = False
+         ) -> torch.Tensor:
     t = torch.as_tensor(x, dtype=torch.float64).detach().cpu().reshape(-1)
     if t.numel() == 0:
         raise ConfigError(f"{name} is empty: DDK needs at least one domain")
-    if not torch.isfinite(t).all() or (t <= 0).any():
-        raise ConfigError(f"{name} must be finite and positive, got {t.tolist()}")
+    bad = (t < 0).any() or (t.sum() <= 0) if allow_zero else (t <= 0).any()
+    if not torch.isfinite(t).all() or bad:
+        need = "finite, >= 0 and not all 0" if allow_zero else "finite and positive"
+        raise ConfigError(f"{name} must be {need}, got {t.tolist()}")
     return t
 
 
@@ -60,7 +63,8 @@ def update_weights(weights: Sequence[float] | torch.Tensor,
     """
     if not 0.0 <= alpha <= 1.0:
         raise ConfigError(f"alpha must be in [0, 1], got {alpha}")
-    r = _vec(weights, "weights")
+    # a weight can underflow to exactly 0 (softmax of ratios far apart): psi = 0, log psi = -inf
+    r = _vec(weights, "weights", allow_zero=True)
     ratio = discrepancy(ppl_student, ppl_teacher)
     if r.shape != ratio.shape:
         raise ConfigError(f"got {r.numel()} weights for {ratio.numel()} domains")

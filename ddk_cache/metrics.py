@@ -57,8 +57,6 @@ class MetricsLog:
         self._tb = None
         if not enabled:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(self.path, "a", encoding="utf-8")
         if tensorboard_dir is not None:
             from ddk.cache.errors import BackendUnavailableError
             try:
@@ -69,6 +67,8 @@ class MetricsLog:
                     "or drop the option (metrics.jsonl and the PNG plots are always written)"
                 ) from e
             self._tb = SummaryWriter(str(tensorboard_dir))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(self.path, "a", encoding="utf-8")
 
     def truncate(self, step: int) -> None:
         """Keep only records with step < `step` (called on resume from a checkpoint at `step`)."""

@@ -333,19 +333,46 @@ def _micro_loss(model: torch.nn.Module, batch: SampledBatch, cfg: TrainConfig,
     return loss, loss.detach() - kl_weight * kl_t2, kl_t2 / (T * T)
 
 
+def _optimizer_step(net: torch.nn.Module, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                    loader: PrefetchLoader, cfg: TrainConfig, d: _Dist,
+                    amp: torch.dtype | None, lr: float) -> torch.Tensor:
+    """grad_accum micro-batches, clip, AdamW step. Returns float64 CPU [loss, ce, kl, gnorm, 0]."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    acc = torch.zeros(3, dtype=torch.float32, device=d.device)
+    for micro in range(cfg.grad_accum):
+        batch = next(loader)
+        last = micro == cfg.grad_accum - 1
+        with contextlib.nullcontext() if last or d.world == 1 else net.no_sync():
+            loss, ce, kl = _micro_loss(net, batch, cfg, d.device, amp)
+            (loss / cfg.grad_accum).backward()
+        acc += torch.stack([loss.detach(), ce, kl]).float()
+    max_norm = cfg.grad_clip if cfg.grad_clip is not None else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    out = torch.zeros(5, dtype=torch.float64)
+    out[:4] = torch.cat([acc / cfg.grad_accum, grad_norm.reshape(1).float()]).double().cpu()
+    return out
+
+
 def _train(cfg: TrainConfig, d: _Dist) -> TrainResult:
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoints"
     main = d.rank == 0
+    # every check that can fail comes before any work: options, run dir, cache, student
+    if cfg.bf16 and d.device.type != "cuda":
+        raise ConfigError("--bf16 needs a CUDA device; drop it (or pass --no-bf16) on CPU")
+    latest = latest_checkpoint(ckpt_dir)
+    if not cfg.resume and (latest is not None or (out / "metrics.jsonl").exists()):
+        raise ConfigError(f"{out} already holds a training run; pass --resume to continue it, "
+                          "or choose another --out")
     reader = open_cache(cfg.cache)
     domains = reader.domains
     model, tokenizer = load_student(cfg.student, reader)
     save_dtype = getattr(model.config, "dtype", None) or torch.float32
     if isinstance(save_dtype, str):
         save_dtype = getattr(torch, save_dtype, torch.float32)
-
-    if cfg.bf16 and d.device.type != "cuda":
-        raise ConfigError("--bf16 needs a CUDA device; drop it (or pass --no-bf16) on CPU")
     use_bf16 = (d.device.type == "cuda" and torch.cuda.is_bf16_supported()
                 if cfg.bf16 is None else cfg.bf16)
     amp = torch.bfloat16 if use_bf16 else None
@@ -382,10 +409,6 @@ def _train(cfg: TrainConfig, d: _Dist) -> TrainResult:
     step, tokens, weights = 0, 0, None
     history: list[dict[str, Any]] = []
     interval_start, interval_len, snapshot = 0, 0, None
-    latest = latest_checkpoint(ckpt_dir)
-    if not cfg.resume and (latest is not None or (out / "metrics.jsonl").exists()):
-        raise ConfigError(f"{out} already holds a training run; pass --resume to continue it, "
-                          "or choose another --out")
     if cfg.resume and latest is not None:
         ck = torch.load(latest / "state.pt", map_location="cpu", weights_only=False)
         saved = ck["config"]
@@ -440,7 +463,9 @@ def _train(cfg: TrainConfig, d: _Dist) -> TrainResult:
                dynamic_ncols=True)
     t_start, train_time, loader_wait, interrupted = time.perf_counter(), 0.0, 0.0, None
     steps_run = 0  # steps taken by this process (a resumed run counts from its checkpoint)
-    with _StopFlag() as stop:
+    with _StopFlag() as stop, contextlib.ExitStack() as cleanup:
+        cleanup.callback(lambda: loader is not None and loader.close())
+        cleanup.callback(bar.close)
         while step < max_steps:
             if step == interval_start + interval_len:  # new interval: measure, re-weight
                 if loader is not None:
@@ -461,30 +486,11 @@ def _train(cfg: TrainConfig, d: _Dist) -> TrainResult:
 
             t0 = time.perf_counter()
             lr = lr_at(step, max_steps=max_steps, warmup=warmup, lr=cfg.lr, min_lr=cfg.min_lr)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            acc = torch.zeros(3, dtype=torch.float32, device=d.device)  # loss, ce, kl
-            for micro in range(cfg.grad_accum):
-                batch = next(loader)
-                last = micro == cfg.grad_accum - 1
-                sync = contextlib.nullcontext() if last or d.world == 1 else net.no_sync()
-                with sync:
-                    loss, ce, kl = _micro_loss(net, batch, cfg, d.device, amp)
-                    (loss / cfg.grad_accum).backward()
-                acc += torch.stack([loss.detach(), ce, kl]).float()
-            parts = torch.zeros(4, dtype=torch.float64)  # loss, ce, kl, stop flag
-            parts[:3] = acc.double().cpu() / cfg.grad_accum
-            if cfg.grad_clip is not None:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(),
-                                                                 cfg.grad_clip))
-            else:
-                grad_norm = float(torch.linalg.vector_norm(torch.stack(
-                    [p.grad.norm() for p in model.parameters() if p.grad is not None])))
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            parts[3] = 1.0 if stop.signum is not None else 0.0
-            parts = _all_reduce(parts, d)
-            loss_v, ce_v, kl_v = (float(x) / d.world for x in parts[:3])
+            stats = _optimizer_step(net, model, opt, loader, cfg, d, amp, lr)  # one host sync
+            stats[4] = 1.0 if stop.signum is not None else 0.0
+            stats = _all_reduce(stats, d)  # (sums over ranks) loss, ce, kl, grad norm, stop
+            grad_norm = float(stats[3]) / d.world
+            loss_v, ce_v, kl_v = (float(x) / d.world for x in stats[:3])
             step += 1
             steps_run += 1
             tokens += tokens_per_step
@@ -494,17 +500,15 @@ def _train(cfg: TrainConfig, d: _Dist) -> TrainResult:
                              grad_norm=grad_norm, tokens=tokens, tokens_per_s=tokens_per_step / dt)
             bar.update(1)
             bar.set_postfix(loss=f"{loss_v:.4f}", tok_s=f"{tokens_per_step / dt:,.0f}")
-            if parts[3] > 0:
+            if stats[4] > 0:
                 interrupted = int(stop.signum or signal.SIGTERM)
             if interrupted or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0
                                and step < max_steps):
                 checkpoint()
             if interrupted:
                 break
-    bar.close()
-    if loader is not None:
-        loader_wait += loader.wait_s
-        loader.close()
+        if loader is not None:
+            loader_wait += loader.wait_s
 
     final: list[DomainPerplexity] = []
     if interrupted is None:

@@ -49,6 +49,17 @@ def test_update_is_stable_for_huge_ratios():
     assert w.tolist() == pytest.approx([0.75, 0.25], abs=1e-12)  # psi/sum -> [1, 0]
 
 
+def test_update_accepts_weights_that_underflowed_to_zero():
+    # a random student: ratios ~1e5 apart make softmax exactly one-hot in float64
+    r0 = initial_weights([5e6, 4e6, 6e6], [20.0, 8.0, 25.0])  # ratios 2.5e5, 5e5, 2.4e5
+    assert r0.tolist() == [0.0, 1.0, 0.0]
+    # psi = [0, e^5e5 (the only non-zero), 0] -> r' = [0.5 / 3, 0.5 + 0.5 / 3, 0.5 / 3]
+    r1 = update_weights(r0, [5e6, 4e6, 6e6], [20.0, 8.0, 25.0], alpha=0.5)
+    assert r1.tolist() == pytest.approx([1 / 6, 2 / 3, 1 / 6], abs=1e-12)
+    with pytest.raises(ConfigError, match="not all 0"):
+        update_weights([0.0, 0.0], [1.0, 1.0], [1.0, 1.0])
+
+
 def test_repeated_updates_move_weight_to_lagging_domain():
     r = initial_weights([4.0, 4.0], [2.0, 2.0])
     assert r.tolist() == pytest.approx([0.5, 0.5])

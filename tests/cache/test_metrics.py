@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from ddk.cache.metrics import MetricsLog, plot_metrics, read_metrics
 
 
@@ -49,3 +51,19 @@ def test_plots_are_pngs(tmp_path):
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
     assert plot_metrics(tmp_path / "missing.jsonl", tmp_path / "p2") == []
+
+
+def test_tensorboard_is_optional(tmp_path):
+    """With tensorboard installed, scalars go to event files; without, a clear error."""
+    import importlib.util
+
+    from ddk.cache.errors import BackendUnavailableError
+
+    if importlib.util.find_spec("tensorboard") is None:
+        with pytest.raises(BackendUnavailableError, match="pip install tensorboard"):
+            MetricsLog(tmp_path / "m.jsonl", tensorboard_dir=tmp_path / "tb")
+        return
+    log = MetricsLog(tmp_path / "m.jsonl", tensorboard_dir=tmp_path / "tb")
+    log.log_step(0, loss=1.0)
+    log.close()
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
