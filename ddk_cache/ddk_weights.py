@@ -19,10 +19,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-
 from ddk.cache.errors import ConfigError
 
-__all__ = ["discrepancy", "initial_weights", "update_weights", "fixed_weights"]
+__all__ = ["discrepancy", "fixed_weights", "initial_weights", "update_weights"]
 
 
 def _vec(x: Sequence[float] | torch.Tensor, name: str, *, allow_zero: bool = False

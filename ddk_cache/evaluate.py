@@ -19,11 +19,17 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-
 from ddk.cache.errors import ConfigError, IncompleteCacheError
 
-__all__ = ["DomainPerplexity", "open_cache", "load_student", "check_student",
-           "validation_indices", "evaluate_domains", "evaluate_model"]
+__all__ = [
+    "DomainPerplexity",
+    "check_student",
+    "evaluate_domains",
+    "evaluate_model",
+    "load_student",
+    "open_cache",
+    "validation_indices",
+]
 
 
 @dataclass

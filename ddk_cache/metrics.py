@@ -19,7 +19,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MetricsLog", "read_metrics", "plot_metrics"]
+__all__ = ["MetricsLog", "plot_metrics", "read_metrics"]
 
 
 def _clean(v: Any) -> Any:
@@ -68,7 +68,7 @@ class MetricsLog:
                 ) from e
             self._tb = SummaryWriter(str(tensorboard_dir))
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(self.path, "a", encoding="utf-8")
+        self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115  (lives with self)
 
     def truncate(self, step: int) -> None:
         """Keep only records with step < `step` (called on resume from a checkpoint at `step`)."""
@@ -79,7 +79,7 @@ class MetricsLog:
         tmp = self.path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
         os.replace(tmp, self.path)
-        self._f = open(self.path, "a", encoding="utf-8")
+        self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115  (lives with self)
 
     def _write(self, record: dict[str, Any]) -> None:
         if not self.enabled:

@@ -7,10 +7,11 @@ drawn when the domain is exhausted. Every random choice comes from torch.Generat
 (seed, rank[, domain]), and all of it (generator states, permutations, positions, weights) is in
 state_dict(), so a resumed run draws exactly what an uninterrupted one would have.
 
-PrefetchLoader reads the chosen sequences from the cache on a background thread into a bounded
-queue, so the accelerator never waits on storage. The thread is the only caller of the sampler
-while it runs, and the loader is built for a fixed number of micro-batches (one re-weighting
-interval), so the sequence stream is deterministic no matter how the thread is scheduled.
+PrefetchLoader reads the chosen sequences from the cache in the background (a feeder thread
+that draws plans in order, a small pool of reader threads) into a bounded queue, so the
+accelerator never waits on storage. The feeder is the only caller of the sampler while it runs
+and the loader is built for a fixed number of micro-batches (one re-weighting interval), so the
+sequence stream is deterministic no matter how the threads are scheduled.
 """
 
 from __future__ import annotations
@@ -24,10 +25,9 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from ddk.cache.errors import ConfigError
 
-__all__ = ["DomainSampler", "SampledBatch", "PrefetchLoader", "read_plan"]
+__all__ = ["DomainSampler", "PrefetchLoader", "SampledBatch", "read_plan"]
 
 
 def _seed(*parts: int) -> int:
@@ -193,7 +193,7 @@ class PrefetchLoader:
                 if not self._put(self._pool.submit(self._read, plan)):
                     return
             self._put(self._DONE)
-        except BaseException as e:  # re-raised in the consumer thread
+        except BaseException as e:  # noqa: BLE001  (re-raised in the consumer thread)
             self._put(e)
 
     def __iter__(self) -> PrefetchLoader:

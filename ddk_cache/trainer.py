@@ -42,14 +42,13 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from ddk.cache.ddk_weights import fixed_weights, initial_weights, update_weights
 from ddk.cache.errors import ConfigError
 from ddk.cache.evaluate import DomainPerplexity, evaluate_domains, load_student, open_cache
 from ddk.cache.metrics import MetricsLog, plot_metrics
 from ddk.cache.sampler import DomainSampler, PrefetchLoader, SampledBatch
 
-__all__ = ["TrainConfig", "TrainResult", "train", "lr_at"]
+__all__ = ["TrainConfig", "TrainResult", "lr_at", "train"]
 
 METHODS = ("ddk", "kd", "cpt")
 MIXTURES = ("natural", "uniform")
@@ -216,13 +215,13 @@ class _StopFlag:
             raise KeyboardInterrupt
         self.signum = signum
 
-    def __enter__(self) -> _StopFlag:
+    def __enter__(self) -> _StopFlag:  # noqa: PYI034
         if threading.current_thread() is threading.main_thread():
             for s in (signal.SIGTERM, signal.SIGINT):
                 self._prev[s] = signal.signal(s, self._handle)
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         for s, h in self._prev.items():
             signal.signal(s, h)
 

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-
 from ddk.cache.ddk_weights import discrepancy, fixed_weights, initial_weights, update_weights
 from ddk.cache.errors import ConfigError
 

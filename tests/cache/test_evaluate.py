@@ -116,10 +116,9 @@ def test_not_a_cache_raises_store_error(tmp_path):
 
 
 def test_student_with_other_tokenizer_is_refused(train_cache, tiny_student_dir, tmp_path):
-    from transformers import AutoTokenizer
-
     from ddk.cache.errors import ConfigError
     from ddk.cache.evaluate import load_student, open_cache
+    from transformers import AutoTokenizer
 
     other = _variant(tiny_student_dir, tmp_path / "other-tok")
     tok = AutoTokenizer.from_pretrained(other)
@@ -130,10 +129,9 @@ def test_student_with_other_tokenizer_is_refused(train_cache, tiny_student_dir, 
 
 
 def test_student_vocab_smaller_than_teacher_is_refused(train_cache, tiny_student_dir, tmp_path):
-    from transformers import AutoModelForCausalLM
-
     from ddk.cache.errors import ConfigError
     from ddk.cache.evaluate import load_student, open_cache
+    from transformers import AutoModelForCausalLM
 
     reader = open_cache(train_cache)
     small = tmp_path / "small-vocab"
@@ -146,9 +144,8 @@ def test_student_vocab_smaller_than_teacher_is_refused(train_cache, tiny_student
 
 
 def test_student_vocab_padded_larger_is_accepted(train_cache, tiny_student_dir, tmp_path):
-    from transformers import AutoModelForCausalLM
-
     from ddk.cache.evaluate import evaluate_domains, load_student, open_cache
+    from transformers import AutoModelForCausalLM
 
     reader = open_cache(train_cache)
     big = tmp_path / "big-vocab"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from ddk.cache.metrics import MetricsLog, plot_metrics, read_metrics
 
 

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-
 from ddk.cache.errors import ConfigError
 from ddk.cache.sampler import DomainSampler, PrefetchLoader, read_plan
 

@@ -30,8 +30,7 @@ def write_corpus(root: Path) -> dict[str, Path]:
         d = root / name
         d.mkdir(parents=True, exist_ok=True)
         with open(d / "docs.jsonl", "w", encoding="utf-8") as f:
-            for t in texts:
-                f.write(json.dumps({"text": t}) + "\n")
+            f.writelines(json.dumps({"text": t}) + "\n" for t in texts)
         out[name] = d
     return out
 
