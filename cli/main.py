@@ -14,6 +14,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from ddk.cache.encoding import CODEC_PROFILES, DEFAULT_CODEC_PROFILE, DEFAULT_LOGPROB_STEP
 from ddk.cache.errors import DDKError
 
 
@@ -103,8 +104,11 @@ def merged_options(ctx: click.Context, config_path: Path | None, **given: Any) -
 @click.option("--worker-index", type=int, default=0, show_default=True,
               help="This process's index in [0, num-workers).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store built differently.")
-@click.option("--logprob-step", type=float, default=1.0 / 64, show_default=True,
+@click.option("--logprob-step", type=float, default=DEFAULT_LOGPROB_STEP, show_default=True,
               help="Quantisation step of stored log-probs in nats (max error step/2).")
+@click.option("--codec-profile", type=click.Choice(CODEC_PROFILES),
+              default=DEFAULT_CODEC_PROFILE, show_default=True,
+              help="Compression of the stored arrays (docs/codecs.md).")
 @click.option("--tensor-parallel-size", type=int, default=None, help="vLLM engine option.")
 @click.option("--gpu-memory-utilization", type=float, default=None, help="vLLM engine option.")
 @click.option("--max-model-len", type=int, default=None, help="vLLM engine option.")
@@ -157,7 +161,8 @@ def _register_optional_commands() -> None:
     import importlib
 
     for module, names in (("ddk.cli.inspect", ("inspect_cache",)),
-                          ("ddk.cli.train", ("train_student", "eval_model"))):
+                          ("ddk.cli.train", ("train_student", "eval_model")),
+                          ("ddk.cli.demo", ("demo",))):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:

@@ -17,7 +17,13 @@ from typing import Any
 import numpy as np
 
 from ddk.cache.corpus import DomainSpec, source_fingerprint, validate_domains
-from ddk.cache.encoding import DEFAULT_LOGPROB_STEP, Encoding, id_dtype_for_vocab
+from ddk.cache.encoding import (
+    CODEC_PROFILES,
+    DEFAULT_CODEC_PROFILE,
+    DEFAULT_LOGPROB_STEP,
+    Encoding,
+    id_dtype_for_vocab,
+)
 from ddk.cache.errors import ConfigError, TeacherError
 from ddk.cache.packing import PackedDomain, pack_domain
 from ddk.cache.store import FORMAT_VERSION, SPLITS, CacheWriter, check_writable
@@ -53,7 +59,7 @@ class CacheJobConfig:
     worker_index: int = 0
     overwrite: bool = False
     logprob_step: float = DEFAULT_LOGPROB_STEP
-    codec_profile: str = "blosc-shuffle"
+    codec_profile: str = DEFAULT_CODEC_PROFILE
     progress: bool = True
     engine_options: dict[str, Any] = field(default_factory=dict)  # vLLM engine arguments
 
@@ -100,6 +106,9 @@ def _validate(cfg: CacheJobConfig) -> None:
     if not 0 <= cfg.worker_index < cfg.num_workers:
         raise ConfigError(f"--worker-index must be in [0, {cfg.num_workers - 1}], "
                           f"got {cfg.worker_index}")
+    if cfg.codec_profile not in CODEC_PROFILES:
+        raise ConfigError(f"unknown codec profile {cfg.codec_profile!r}; use one of "
+                          f"{', '.join(CODEC_PROFILES)}")
     if not 0 < cfg.logprob_step <= 0.02:
         raise ConfigError("--logprob-step must be in (0, 0.02] nats (max error = step / 2)")
     validate_domains(cfg.domains)
@@ -172,7 +181,7 @@ def load_backend(cfg: CacheJobConfig, teacher_path: Path) -> TeacherBackend:
         from ddk.cache.teacher.vllm_backend import VLLMTeacher
 
         return VLLMTeacher(str(teacher_path), dtype=cfg.dtype, seed=cfg.seed,
-                           **cfg.engine_options)
+                           max_logprobs=cfg.k, batch_size=cfg.batch_size, **cfg.engine_options)
     from ddk.cache.teacher.transformers_backend import TransformersTeacher
 
     return TransformersTeacher(teacher_path, dtype=cfg.dtype, device=cfg.device)
@@ -226,6 +235,8 @@ def run_cache_job(cfg: CacheJobConfig) -> CacheJobResult:
         raise ConfigError(f"--k {cfg.k} exceeds the teacher's vocabulary ({backend.vocab_size})")
     tokens = sum(writer.shard_range(d, s, i)[1] - writer.shard_range(d, s, i)[0]
                  for d, s, i in todo) * cfg.seq_len
+    # transformers: fixed batches (memory bound); vLLM batches internally, so give it shards.
+    step = cfg.batch_size if backend.backend_name == "transformers" else cfg.sequences_per_shard
     teacher_seconds = 0.0
     bar = _progress_bar(tokens, cfg.progress, f"teacher top-{cfg.k} ({cfg.backend})")
     try:
@@ -233,11 +244,11 @@ def run_cache_job(cfg: CacheJobConfig) -> CacheJobResult:
             start, stop = writer.shard_range(domain, split, shard)
             seqs = getattr(by_name[domain], split)[start:stop]
             parts = []
-            for b in range(0, len(seqs), cfg.batch_size):
+            for b in range(0, len(seqs), step):
                 t = time.perf_counter()
-                parts.append(backend.score(seqs[b:b + cfg.batch_size], cfg.k))
+                parts.append(backend.score(seqs[b:b + step], cfg.k))
                 teacher_seconds += time.perf_counter() - t
-                bar.update(len(seqs[b:b + cfg.batch_size]) * cfg.seq_len)
+                bar.update(len(seqs[b:b + step]) * cfg.seq_len)
             writer.write_shard(domain, split, shard, seqs, _concat(parts))
             bar.set_postfix_str(f"{domain}/{split} shard {shard}")
     finally:

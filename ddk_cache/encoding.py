@@ -13,13 +13,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from zarr.codecs import BloscCodec, Crc32cCodec, Delta, ZstdCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, Delta, PCodec, ZstdCodec
 
 NEG_INF_CODE = 65535
 _MAX_CODE = NEG_INF_CODE - 1
 
-#: default quantisation step of stored log-probs, in nats (max abs error = step / 2).
-DEFAULT_LOGPROB_STEP = 1.0 / 64.0
+#: default quantisation step of stored log-probs, in nats (max abs error = step / 2 =
+#: 0.0098 <= 0.01). 5 * 2^-8 is just under the 0.02 limit and exact in binary, so
+#: -code * step decodes exactly in float32 (docs/codecs.md).
+DEFAULT_LOGPROB_STEP = 5.0 / 256.0
+
+#: default codec profile: the smallest stores at blosc-like encode speed (docs/codecs.md).
+DEFAULT_CODEC_PROFILE = "pcodec"
 
 
 @dataclass(frozen=True)
@@ -28,7 +33,7 @@ class Encoding:
 
     id_dtype: str = "uint16"
     logprob_step: float = DEFAULT_LOGPROB_STEP
-    codec_profile: str = "zstd-delta"
+    codec_profile: str = DEFAULT_CODEC_PROFILE
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -76,6 +81,8 @@ def codec_pipeline(profile: str, array_name: str, dtype: str) -> dict[str, Any]:
       zstd-delta       top-k log-prob codes delta-coded along k (they are sorted, so the
                        deltas are small), everything else plain; zstd-9
       blosc-shuffle    blosc(zstd-5) with byte shuffle (groups high and low id bytes)
+      pcodec           pcodec level 8 (numcodecs.pcodec; needs the `pcodec` package to
+                       write and to read), log-prob codes delta-coded first
     """
     delta = [Delta(dtype=dtype)] if array_name == "topk_logprobs" else []
     if profile == "zstd":
@@ -86,7 +93,10 @@ def codec_pipeline(profile: str, array_name: str, dtype: str) -> dict[str, Any]:
         return {"filters": delta,
                 "compressors": [BloscCodec(cname="zstd", clevel=5, shuffle="shuffle"),
                                 Crc32cCodec()]}
+    if profile == "pcodec":
+        return {"filters": delta, "serializer": PCodec(level=8),
+                "compressors": [Crc32cCodec()]}
     raise ValueError(f"unknown codec profile {profile!r}; known: {', '.join(CODEC_PROFILES)}")
 
 
-CODEC_PROFILES = ("zstd", "zstd-delta", "blosc-shuffle")
+CODEC_PROFILES = ("zstd", "zstd-delta", "blosc-shuffle", "pcodec")

@@ -121,13 +121,14 @@ class CacheWriter:
         """
         check_writable(path)
         try:
-            if overwrite:
-                group = zarr.open_group(_zarr_target(path), mode="w")
-            else:
-                group = zarr.open_group(_zarr_target(path), mode="a")
+            group = _open_for_writing(path, overwrite)
         except (OSError, ValueError) as e:
             raise StoreError(f"cannot open {path} for writing: {e}") from e
         existing = group.attrs.get(META_KEY)
+        if existing is None and len(list(group.keys())) > 0:
+            # a concurrent worker may have created the layout after we opened the group
+            group = zarr.open_group(_zarr_target(path), mode="a")
+            existing = group.attrs.get(META_KEY)
         if existing is None:
             if len(list(group.keys())) > 0:
                 raise StoreError(f"{path} holds a Zarr store that is not a ddk cache; "
@@ -235,11 +236,22 @@ class CacheWriter:
         return True
 
 
+def _open_for_writing(path: str, overwrite: bool) -> zarr.Group:
+    if overwrite:
+        return zarr.open_group(_zarr_target(path), mode="w")
+    try:
+        return zarr.open_group(_zarr_target(path), mode="a")
+    except ContainsGroupError:  # a concurrent worker created the root between check and create
+        return zarr.open_group(_zarr_target(path), mode="a")
+
+
 def _require_group(root: zarr.Group, path: str) -> zarr.Group:
     g = root
     for part in path.split("/"):
         try:
             g = g.require_group(part)
+        except ContainsGroupError:  # created by a concurrent worker between check and create
+            g = g[part]
         except ContainsArrayError as e:
             raise StoreError(f"{part} in the store is an array, expected a group") from e
     return g

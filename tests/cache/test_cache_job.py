@@ -20,7 +20,7 @@ from ddk.cache.errors import ConfigError, IncompleteCacheError, StoreError, Stor
 from ddk.cache.store import CacheReader
 from ddk.cache.teacher.transformers_backend import TransformersTeacher
 
-STEP = 1.0 / 64
+from ddk.cache.encoding import DEFAULT_LOGPROB_STEP as STEP  # noqa: E402
 
 
 def job(tmp_path: Path, teacher: Path, corpus: dict[str, Path], **kw) -> CacheJobConfig:
@@ -82,7 +82,7 @@ def test_rerun_of_finished_job_does_nothing(tmp_path, tiny_teacher_dir, small_co
 
 
 @pytest.mark.parametrize("change", [{"k": 4}, {"seq_len": 40}, {"val_sequences": 2},
-                                    {"logprob_step": 1 / 128}])
+                                    {"logprob_step": 1 / 128}, {"codec_profile": "zstd"}])
 def test_different_parameters_refused_unless_overwrite(tmp_path, tiny_teacher_dir,
                                                        small_corpus, change):
     run_cache_job(job(tmp_path, tiny_teacher_dir, small_corpus))
@@ -234,3 +234,17 @@ def test_fsspec_urls(tmp_path, tiny_teacher_dir, small_corpus, scheme):
     reader = CacheReader.open(url)
     assert reader.read("code", "train", [1, 0]).topk_ids.shape == (2, 47, 8)
     assert reader.teacher_loss("code") > 0
+
+
+@pytest.mark.slow
+def test_workers_started_together_race_safely(tmp_path, tiny_teacher_dir, small_corpus):
+    """Three workers opening a new store at the same moment all succeed and complete it."""
+    out = tmp_path / "raced"
+    procs = [_cli(*_cli_args(tiny_teacher_dir, small_corpus, out), "--num-workers", "3",
+                  "--worker-index", str(i), cwd=tmp_path) for i in range(3)]
+    for p in procs:
+        assert p.wait(timeout=300) == 0, p.stderr.read()
+    reference = tmp_path / "reference"
+    p = _cli(*_cli_args(tiny_teacher_dir, small_corpus, reference), cwd=tmp_path)
+    assert p.wait(timeout=300) == 0, p.stderr.read()
+    assert tree_bytes(out) == tree_bytes(reference)
