@@ -156,24 +156,17 @@ def cache_teacher(ctx: click.Context, config_path: Path | None, **opts: Any) -> 
                    f"({result.tokens_per_second:.0f} tok/s); {state}")
 
 
-def _register_optional_commands() -> None:
+def _register_commands() -> None:
     """Subcommands that live in their own modules (one job each)."""
-    import importlib
+    from ddk.cli.demo import demo
+    from ddk.cli.inspect import inspect_cache
+    from ddk.cli.train import eval_model, train_student
 
-    for module, names in (("ddk.cli.inspect", ("inspect_cache",)),
-                          ("ddk.cli.train", ("train_student", "eval_model")),
-                          ("ddk.cli.demo", ("demo",))):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
-            continue
-        for name in names:
-            cli.add_command(getattr(mod, name))
+    for command in (inspect_cache, train_student, eval_model, demo):
+        cli.add_command(command)
 
 
-_register_optional_commands()
+_register_commands()
 
 
 def main() -> None:
