@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import click
-
 from ddk.cache.demo import METHODS, DemoConfig, format_table, run_demo
 
 
@@ -49,6 +48,6 @@ def demo(out: str, teacher: str | None, steps: int, student_layers: int, train_s
         click.echo(json.dumps(result.to_json(), indent=2))
         return
     click.echo(format_table(result))
-    click.echo(f"stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in result.seconds.items()))
+    click.echo("stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in result.seconds.items()))
     click.echo(f"written to {result.out}/ (summary.md, summary.json"
                + "".join(f", {p.name}" for p in result.plots) + ")")

@@ -13,7 +13,6 @@ from typing import Any
 
 import click
 from click.core import ParameterSource
-
 from ddk.cache.encoding import CODEC_PROFILES, DEFAULT_CODEC_PROFILE, DEFAULT_LOGPROB_STEP
 from ddk.cache.errors import DDKError
 

@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ddk.cache.corpus import DomainSpec, source_fingerprint, validate_domains
 from ddk.cache.encoding import (
     CODEC_PROFILES,
@@ -27,7 +25,7 @@ from ddk.cache.encoding import (
 from ddk.cache.errors import ConfigError, TeacherError
 from ddk.cache.packing import PackedDomain, pack_domain
 from ddk.cache.store import FORMAT_VERSION, SPLITS, CacheWriter, check_writable
-from ddk.cache.teacher.base import TeacherBackend
+from ddk.cache.teacher.base import TeacherBackend, TeacherScores
 from ddk.cache.teacher.identity import teacher_identity, tokenizer_fingerprint
 
 BACKENDS = ("transformers", "vllm")
@@ -141,8 +139,9 @@ def _teacher_limits(path: Path) -> tuple[int, int | None]:
 def build_metadata(cfg: CacheJobConfig, teacher_path: Path, tokenizer: Any,
                    packed: list[PackedDomain], vocab_size: int) -> dict[str, Any]:
     """The store's root metadata; everything that must match for a resume is in here."""
-    from ddk import cache as _pkg  # noqa: F401  (version lookup below)
     from importlib.metadata import PackageNotFoundError, version
+
+    from ddk import cache as _pkg  # noqa: F401  (version lookup below)
 
     try:
         ddk_version = version("ddk")
@@ -249,7 +248,7 @@ def run_cache_job(cfg: CacheJobConfig) -> CacheJobResult:
                 parts.append(backend.score(seqs[b:b + step], cfg.k))
                 teacher_seconds += time.perf_counter() - t
                 bar.update(len(seqs[b:b + step]) * cfg.seq_len)
-            writer.write_shard(domain, split, shard, seqs, _concat(parts))
+            writer.write_shard(domain, split, shard, seqs, TeacherScores.concat(parts))
             bar.set_postfix_str(f"{domain}/{split} shard {shard}")
     finally:
         bar.close()
@@ -257,14 +256,6 @@ def run_cache_job(cfg: CacheJobConfig) -> CacheJobResult:
     complete = writer.finalize()
     return CacheJobResult(cfg.output, complete, len(todo), tokens,
                           time.perf_counter() - t0, teacher_seconds)
-
-
-def _concat(parts: list[Any]) -> Any:
-    if len(parts) == 1:
-        return parts[0]
-    cls = type(parts[0])
-    return cls(**{f: np.concatenate([getattr(p, f) for p in parts])
-                  for f in ("topk_ids", "topk_logprobs", "tail_logmass", "target_logprob")})
 
 
 def _progress_bar(total: int, enabled: bool, desc: str) -> Any:

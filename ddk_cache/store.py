@@ -30,11 +30,10 @@ from typing import Any
 import numpy as np
 import torch
 import zarr
-from zarr.errors import ContainsArrayError, ContainsGroupError
-
 from ddk.cache.encoding import Encoding, codec_pipeline, dequantize_logprobs, quantize_logprobs
 from ddk.cache.errors import IncompleteCacheError, StoreError, StoreMismatchError
 from ddk.cache.teacher.base import TeacherScores
+from zarr.errors import ContainsArrayError, ContainsGroupError
 
 # The numcodecs Delta filter is part of the documented format; readers need zarr + numcodecs.
 warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr version 3")

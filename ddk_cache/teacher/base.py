@@ -9,7 +9,8 @@ sequence and the student's logits[:, :-1] line up with it one to one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -30,6 +31,13 @@ class TeacherScores:
     topk_logprobs: np.ndarray
     tail_logmass: np.ndarray
     target_logprob: np.ndarray
+
+    @classmethod
+    def concat(cls, parts: Sequence[TeacherScores]) -> TeacherScores:
+        """Stack the scores of consecutive batches along the sequence axis."""
+        if len(parts) == 1:
+            return parts[0]
+        return cls(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(cls)))
 
 
 @runtime_checkable

@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from ddk.cache.errors import TeacherError
 from ddk.cache.teacher.base import TeacherScores
 from ddk.cache.teacher.identity import teacher_identity
@@ -76,11 +75,7 @@ class TransformersTeacher:
             logits = self.model(input_ids=batch, use_cache=False).logits
             parts.append(scores_from_logits(logits, batch, k))
             del logits
-        if len(parts) == 1:
-            return parts[0]
-        return TeacherScores(*(np.concatenate([getattr(p, f) for p in parts])
-                               for f in ("topk_ids", "topk_logprobs", "tail_logmass",
-                                         "target_logprob")))
+        return TeacherScores.concat(parts)
 
     def close(self) -> None:
         del self.model

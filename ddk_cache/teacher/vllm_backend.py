@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from ddk.cache.errors import BackendUnavailableError, TeacherError
 from ddk.cache.teacher.base import TeacherScores
 from ddk.cache.teacher.identity import teacher_identity
@@ -243,11 +242,7 @@ class VLLMTeacher:
             outputs = self._llm.generate(prompts, params, use_tqdm=False)
             parts.append(scores_from_prompt_logprobs(
                 [o.prompt_logprobs for o in outputs], chunk, k, self.vocab_size))
-        if len(parts) == 1:
-            return parts[0]
-        return TeacherScores(*(np.concatenate([getattr(p, f) for p in parts])
-                               for f in ("topk_ids", "topk_logprobs", "tail_logmass",
-                                         "target_logprob")))
+        return TeacherScores.concat(parts)
 
     def close(self) -> None:
         """Shut the engine down and free its memory (GPU memory, KV cache, workers)."""
