@@ -137,21 +137,21 @@ def plot_metrics(path: str | os.PathLike, out_dir: str | os.PathLike) -> list[Pa
     steps = [r["step"] for r in intervals]
     paths = []
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     for i, d in enumerate(domains):
         ax.step(steps, [r["weights"][i] for r in intervals], where="post", label=d, marker="o",
                 markersize=3)
     ax.set_xlabel("step")
     ax.set_ylabel("sampling weight")
     ax.set_title("Domain weights")
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.grid(alpha=0.3)
     fig.tight_layout()
     paths.append(out / "domain_weights.png")
     fig.savefig(paths[-1], dpi=100)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     for i, d in enumerate(domains):
         line, = ax.plot(steps, [r["ppl_student"][i] for r in intervals], marker="o",
                         markersize=3, label=f"{d} (student)")
@@ -161,7 +161,7 @@ def plot_metrics(path: str | os.PathLike, out_dir: str | os.PathLike) -> list[Pa
     ax.set_xlabel("step")
     ax.set_ylabel("validation perplexity")
     ax.set_title("Per-domain perplexity (dashed: teacher)")
-    ax.legend(fontsize="small", ncol=2)
+    ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     paths.append(out / "domain_ppl.png")
