@@ -115,11 +115,13 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
             "interrupted_by")
         if not done:  # a half-finished demo run is cheaper to redo than to resume
             shutil.rmtree(run_dir, ignore_errors=True)
-            train(TrainConfig(
+            run = train(TrainConfig(
                 cache=cache.output, student=str(student), out=str(run_dir), method=method,
                 mixture="natural", interval=cfg.interval, val_sequences=cfg.val_sequences,
                 batch_size=cfg.batch_size, max_steps=cfg.steps, lr=cfg.lr, min_lr=cfg.lr / 10,
                 seed=cfg.seed, checkpoint_every=0, progress=cfg.progress))
+            if run.interrupted_by is not None:  # Ctrl-C / SIGTERM: stop the whole demo
+                raise KeyboardInterrupt
         final = json.loads(summary_file.read_text())["final"]
         results[method] = {p["domain"]: p for p in final}
         seconds[f"train_{method}"] = time.perf_counter() - t

@@ -82,9 +82,11 @@ def check_writable(path: str) -> None:
 def job_key(meta: dict[str, Any]) -> dict[str, Any]:
     """The parts of the metadata that define the cache's content (not run status/paths)."""
     key = {k: v for k, v in meta.items() if k not in _RUN_ONLY_KEYS}
-    teacher = dict(key.get("teacher", {}))
-    teacher.pop("path", None)
-    key["teacher"] = teacher
+    # where the teacher and the sources live is a record, not content: fingerprints decide
+    key["teacher"] = {k: v for k, v in key.get("teacher", {}).items()
+                      if k not in ("path", "name")}
+    key["domains"] = {name: {k: v for k, v in info.items() if k != "source"}
+                      for name, info in key.get("domains", {}).items()}
     return key
 
 

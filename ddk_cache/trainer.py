@@ -304,11 +304,10 @@ def _micro_loss(model: torch.nn.Module, batch: SampledBatch, cfg: TrainConfig,
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss to backprop, ce, kl) for one micro-batch, the same path for every method.
 
-    The training loss is one sparse_kl_loss call (CE + gamma * T^2 * KL; cpt: gamma = 0) with
-    the gradient written into the logits buffer. The logged parts need KL on its own, which the
-    kernel does not return, so a forward-only call (no gradient) measures it first, for every
-    method alike (cpt logs how far it is from the teacher too); CE = loss - gamma * T^2 * KL.
-    The returned kl is KL(teacher_T || student_T) itself, without the T^2 factor.
+    One sparse_kl_loss call (CE + gamma * T^2 * KL; cpt: gamma = 0) writes the gradient into
+    the logits buffer and returns the logged parts from the same pass (KL is computed for
+    every method alike, so cpt logs how far it is from the teacher too). The returned kl is
+    KL(teacher_T || student_T) itself, without the T^2 factor.
     """
     from ddk.kernels import sparse_kl_loss
 
@@ -323,13 +322,10 @@ def _micro_loss(model: torch.nn.Module, batch: SampledBatch, cfg: TrainConfig,
                batch.tail_logmass.to(device, non_blocking=True).view(-1),
                ids[:, 1:].reshape(-1))
     kl_weight = 0.0 if cfg.method == "cpt" else cfg.gamma
-    T = cfg.temperature
-    with torch.no_grad():  # T^2 * KL, as it enters the loss
-        kl_t2 = sparse_kl_loss(logits.detach(), *teacher, kl_weight=1.0, ce_weight=0.0,
-                               temperature=T)  # also validates the cached ids / log-probs
-    loss = sparse_kl_loss(logits, *teacher, kl_weight=kl_weight, ce_weight=1.0, temperature=T,
-                          inplace_grad=True, validate=False)
-    return loss, loss.detach() - kl_weight * kl_t2, kl_t2 / (T * T)
+    loss, kl, ce = sparse_kl_loss(logits, *teacher, kl_weight=kl_weight, ce_weight=1.0,
+                                  temperature=cfg.temperature, inplace_grad=True,
+                                  return_components=True)  # validates the cached ids/log-probs
+    return loss, ce, kl
 
 
 def _optimizer_step(net: torch.nn.Module, model: torch.nn.Module, opt: torch.optim.Optimizer,

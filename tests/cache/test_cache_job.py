@@ -248,3 +248,14 @@ def test_workers_started_together_race_safely(tmp_path, tiny_teacher_dir, small_
     p = _cli(*_cli_args(tiny_teacher_dir, small_corpus, reference), cwd=tmp_path)
     assert p.wait(timeout=300) == 0, p.stderr.read()
     assert tree_bytes(out) == tree_bytes(reference)
+
+
+def test_moved_teacher_and_sources_still_resume(tmp_path, tiny_teacher_dir, small_corpus):
+    """Where files live is not part of a cache's identity; their content is."""
+    import shutil
+
+    run_cache_job(job(tmp_path, tiny_teacher_dir, small_corpus))
+    moved_teacher = shutil.copytree(tiny_teacher_dir, tmp_path / "elsewhere" / "renamed")
+    moved = {n: shutil.copytree(p, tmp_path / "moved" / n) for n, p in small_corpus.items()}
+    again = run_cache_job(job(tmp_path, moved_teacher, moved))
+    assert again.shards_written == 0 and again.complete
