@@ -6,6 +6,7 @@ code paths. Head size is 32 so the same models also run under vLLM on CPU.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -114,3 +115,17 @@ def small_corpus(tmp_path) -> dict[str, Path]:
         "prose": write_domain(root, "prose", prose),
         "math": write_domain(root, "math", math),
     }
+
+
+@pytest.fixture(scope="session")
+def train_cache(tmp_path_factory, tiny_teacher_dir) -> Path:
+    """A small real teacher cache for the trainer / evaluate / CLI tests, built once.
+
+    Built by tests/cache/train_helpers.py (loaded by path: --import-mode=importlib has no
+    sibling imports).
+    """
+    spec = importlib.util.spec_from_file_location(
+        "ddk_train_helpers", Path(__file__).parent / "cache" / "train_helpers.py")
+    helpers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helpers)
+    return helpers.build_cache(tmp_path_factory.getbasetemp() / "ddk-train", tiny_teacher_dir)

@@ -3,7 +3,6 @@ kill/resume identity (subprocess + real SIGKILL / SIGTERM) and DDP on 2 gloo pro
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import math
@@ -18,20 +17,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-
-
-def _helpers():
-    spec = importlib.util.spec_from_file_location(
-        "ddk_train_helpers", Path(__file__).with_name("train_helpers.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-@pytest.fixture(scope="session")
-def train_cache(tmp_path_factory, tiny_teacher_dir) -> Path:
-    """Shared (by path) with test_evaluate / test_train_cli: built once per session."""
-    return _helpers().build_cache(tmp_path_factory.getbasetemp() / "ddk-train", tiny_teacher_dir)
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 """Shared by the trainer / evaluate / CLI tests: a small real teacher cache, built once per session.
 
 Not a test module (no test_ prefix) and not a conftest: the test modules load it by path
-(`load_helpers()` below is copied in each) because --import-mode=importlib has no sibling imports.
+(by the `train_cache` fixture in tests/conftest.py) because --import-mode=importlib has no sibling imports.
 The cache is built through the real `run_cache_job` API from the session's tiny teacher and a
 three-domain JSONL corpus whose domains differ in how predictable they are, so DDK has
 different discrepancies to react to.

@@ -2,28 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from ddk.cli.main import cli
-
-
-def _helpers():
-    spec = importlib.util.spec_from_file_location(
-        "ddk_train_helpers",
-        Path(__file__).parents[1] / "cache" / "train_helpers.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-@pytest.fixture(scope="session")
-def train_cache(tmp_path_factory, tiny_teacher_dir) -> Path:
-    """Shared (by path) with tests/cache/test_trainer.py: built once per session."""
-    return _helpers().build_cache(tmp_path_factory.getbasetemp() / "ddk-train", tiny_teacher_dir)
 
 
 SMALL = ["--max-steps", "3", "--interval", "2", "--val-sequences", "2", "--batch-size", "2",
