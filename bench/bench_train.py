@@ -26,23 +26,10 @@ from pathlib import Path
 
 
 def make_student(teacher: str, layers: int, out: str) -> Path:
-    """Keep `layers` evenly spaced decoder layers of a Llama-style teacher; save with tokenizer."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Keep `layers` evenly spaced decoder layers of the teacher (the demo's student)."""
+    from ddk.cache.demo import derive_student
 
-    model = AutoModelForCausalLM.from_pretrained(teacher, dtype=torch.float32)
-    n = model.config.num_hidden_layers
-    keep = sorted({round(i * (n - 1) / max(1, layers - 1)) for i in range(layers)})
-    model.model.layers = torch.nn.ModuleList([model.model.layers[i] for i in keep])
-    for new, layer in enumerate(model.model.layers):
-        if hasattr(layer, "self_attn") and hasattr(layer.self_attn, "layer_idx"):
-            layer.self_attn.layer_idx = new
-    model.config.num_hidden_layers = len(keep)
-    if isinstance(getattr(model.config, "layer_types", None), list):
-        model.config.layer_types = [model.config.layer_types[i] for i in keep]
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(teacher).save_pretrained(out)
-    return Path(out)
+    return derive_student(Path(teacher), Path(out), layers)
 
 
 def _run(cache: str, student: str, method: str, steps: int, skip: int, batch_size: int,

@@ -141,7 +141,6 @@ def build_metadata(cfg: CacheJobConfig, teacher_path: Path, tokenizer: Any,
     """The store's root metadata; everything that must match for a resume is in here."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from ddk import cache as _pkg  # noqa: F401  (version lookup below)
 
     try:
         ddk_version = version("ddk")
@@ -232,8 +231,8 @@ def run_cache_job(cfg: CacheJobConfig) -> CacheJobResult:
     backend = load_backend(cfg, teacher_path)
     if backend.vocab_size < cfg.k:
         raise ConfigError(f"--k {cfg.k} exceeds the teacher's vocabulary ({backend.vocab_size})")
-    tokens = sum(writer.shard_range(d, s, i)[1] - writer.shard_range(d, s, i)[0]
-                 for d, s, i in todo) * cfg.seq_len
+    tokens = sum(stop - start for start, stop in (writer.shard_range(d, s, i)
+                                                  for d, s, i in todo)) * cfg.seq_len
     # transformers: fixed batches (memory bound); vLLM batches internally, so give it shards.
     step = cfg.batch_size if backend.backend_name == "transformers" else cfg.sequences_per_shard
     teacher_seconds = 0.0

@@ -103,6 +103,23 @@ def num_shards(num_sequences: int, sequences_per_shard: int) -> int:
     return math.ceil(num_sequences / sequences_per_shard)
 
 
+def missing_shards(group: zarr.Group, domains: Sequence[str]
+                   ) -> dict[tuple[str, str], list[int]]:
+    """(domain, split) -> indices of shards not flagged done; [-1] if the flags are absent."""
+    out = {}
+    for domain in domains:
+        for split in SPLITS:
+            try:
+                flags = np.asarray(group[f"{domain}/{split}/shard_done"][:])
+            except KeyError:
+                out[(domain, split)] = [-1]
+                continue
+            missing = [int(i) for i in np.flatnonzero(flags == 0)]
+            if missing:
+                out[(domain, split)] = missing
+    return out
+
+
 class CacheWriter:
     """Creates or resumes a cache store and writes whole shards into it."""
 
@@ -209,14 +226,7 @@ class CacheWriter:
         g["shard_done"][shard] = 1
 
     def missing_shards(self) -> dict[tuple[str, str], list[int]]:
-        out = {}
-        for domain in self.meta["domains"]:
-            for split in SPLITS:
-                flags = self.done_flags(domain, split)
-                missing = [int(i) for i in np.flatnonzero(flags == 0)]
-                if missing:
-                    out[(domain, split)] = missing
-        return out
+        return missing_shards(self.group, self.meta["domains"])
 
     def finalize(self) -> bool:
         """If every shard is done, record teacher validation losses and mark complete.
@@ -361,18 +371,7 @@ class CacheReader:
         return self._arrays[key]
 
     def missing_shards(self) -> dict[tuple[str, str], list[int]]:
-        out = {}
-        for domain in self.domains:
-            for split in SPLITS:
-                try:
-                    flags = np.asarray(self.array(domain, split, "shard_done")[:])
-                except KeyError:
-                    out[(domain, split)] = [-1]
-                    continue
-                missing = [int(i) for i in np.flatnonzero(flags == 0)]
-                if missing:
-                    out[(domain, split)] = missing
-        return out
+        return missing_shards(self.group, self.domains)
 
     def teacher_loss(self, domain: str, indices: Sequence[int] | None = None) -> float:
         """Teacher mean CE per token (nats) on the validation split or a subset of it."""
