@@ -17,9 +17,9 @@ import click
 @click.option("--method", type=click.Choice(["ddk", "kd", "cpt"]), default="ddk",
               show_default=True, help="ddk: DDK re-weighting + KD; kd: fixed mixture + KD; "
                                       "cpt: fixed mixture, CE only.")
-@click.option("--kd-mixture", "mixture", type=click.Choice(["natural", "uniform"]),
-              default="natural", show_default=True,
-              help="Fixed domain mixture of kd / cpt: by training tokens, or uniform.")
+@click.option("--kd-mixture", "mixture", default="natural", show_default=True,
+              help="Fixed domain mixture of kd / cpt: natural (by training tokens), uniform, "
+                   "or explicit weights DOMAIN=W,DOMAIN=W (unnamed domains get 0).")
 @click.option("--alpha", type=float, default=0.5, show_default=True,
               help="DDK smoothing: r = alpha * psi/sum(psi) + (1 - alpha)/N.")
 @click.option("--interval", type=int, default=1000, show_default=True,
@@ -27,6 +27,14 @@ import click
 @click.option("--gamma", type=float, default=0.2, show_default=True,
               help="Weight of the KL term (ddk, kd).")
 @click.option("--temperature", type=float, default=1.0, show_default=True)
+@click.option("--kd-tail", type=click.Choice(["bucket", "renorm"]), default="bucket",
+              show_default=True, help="Teacher target: cached top-k + one tail bucket, or the "
+                                      "top-k renormalised to 1 (no tail).")
+@click.option("--kd-topk", type=int, default=None,
+              help="Distil from only the first K of the cached top-k (the rest joins the tail).")
+@click.option("--online-teacher", default=None,
+              help="Full-vocabulary KD: run this teacher (the cache's own) at every step "
+                   "instead of reading its top-k. Slow; a baseline for the cache's fidelity.")
 @click.option("--val-sequences", type=int, default=500, show_default=True,
               help="Validation sequences per domain for perplexity.")
 @click.option("--batch-size", type=int, default=8, show_default=True,
@@ -67,8 +75,12 @@ def train_student(as_json: bool, quiet: bool, grad_clip: float, **opts: Any) -> 
     checkpoint and exits with 128 + the signal number; --resume continues exactly there.
     Under torchrun it trains with DDP (nccl on GPU, gloo on CPU).
     """
-    from ddk.cache.trainer import TrainConfig, train
+    from ddk.cache.ddk_weights import parse_weights
+    from ddk.cache.trainer import MIXTURES, TrainConfig, train
 
+    if opts["mixture"] not in MIXTURES:
+        opts["domain_weights"] = parse_weights(opts["mixture"])
+        opts["mixture"] = "natural"
     cfg = TrainConfig(grad_clip=grad_clip if grad_clip > 0 else None, progress=not quiet,
                       **opts)
     result = train(cfg)

@@ -16,12 +16,13 @@ its teacher. All maths is float64 on CPU; weights are plain tensors of shape [N]
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from ddk.cache.errors import ConfigError
 
-__all__ = ["discrepancy", "fixed_weights", "initial_weights", "update_weights"]
+__all__ = ["discrepancy", "explicit_weights", "fixed_weights", "initial_weights", "parse_weights",
+           "update_weights"]
 
 
 def _vec(x: Sequence[float] | torch.Tensor, name: str, *, allow_zero: bool = False
@@ -88,3 +89,36 @@ def fixed_weights(kind: str, token_counts: Sequence[int] | torch.Tensor) -> torc
             raise ConfigError(f"natural mixture needs positive token counts, got {counts.tolist()}")
         return counts / counts.sum()
     raise ConfigError(f"unknown mixture {kind!r}: use 'natural' or 'uniform'")
+
+
+def explicit_weights(weights: Mapping[str, float], domains: Sequence[str]) -> torch.Tensor:
+    """A fixed mixture given by name ({domain: weight}), normalised; unnamed domains get 0.
+
+    Used for mixtures that are neither natural nor uniform: a skewed pre-training mix, or the
+    natural proportions of a corpus larger than the cached sample of it.
+    """
+    unknown = sorted(set(weights) - set(domains))
+    if unknown:
+        raise ConfigError(f"domain weights name unknown domain(s) {unknown}; the cache has "
+                          f"{list(domains)}")
+    w = torch.tensor([float(weights.get(d, 0.0)) for d in domains], dtype=torch.float64)
+    if not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise ConfigError(f"domain weights must be finite, >= 0 and not all 0, got {dict(weights)}")
+    return w / w.sum()
+
+
+def parse_weights(text: str) -> dict[str, float]:
+    """'a=2,b=1' -> {'a': 2.0, 'b': 1.0} (the CLI's --kd-mixture with explicit weights)."""
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        try:
+            if not sep or not name.strip():
+                raise ValueError
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(f"cannot read domain weight {part!r}: write DOMAIN=WEIGHT, "
+                              "comma-separated, e.g. python_code=4,bible=1") from None
+    if not out:
+        raise ConfigError("empty domain weights: write DOMAIN=WEIGHT, comma-separated")
+    return out

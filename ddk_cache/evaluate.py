@@ -122,19 +122,27 @@ def load_student(path: str | Path, reader: Any, *, name: str = "student") -> tup
     return model, tokenizer
 
 
-def validation_indices(reader: Any, domain: str, max_sequences: int) -> list[int]:
-    """The validation sequences used for perplexity: the first `max_sequences` of the domain."""
-    return list(range(min(int(max_sequences), reader.num_sequences(domain, "validation"))))
+def validation_indices(reader: Any, domain: str, max_sequences: int, first: int = 0) -> list[int]:
+    """The validation sequences used for perplexity: `max_sequences` of the domain from `first`.
+
+    Training measures its domain gaps on the first ones (first = 0); an experiment that keeps
+    a held-out test set scores the sequences after them, which DDK never saw.
+    """
+    n = reader.num_sequences(domain, "validation")
+    if first >= n:
+        raise ConfigError(f"domain {domain} has {n} validation sequences, none from index "
+                          f"{first}; cache more with --val-sequences")
+    return list(range(first, min(first + int(max_sequences), n)))
 
 
 @torch.no_grad()
 def _loss_sums(model: torch.nn.Module, reader: Any, domains: list[str], max_sequences: int,
-               batch_size: int, device: torch.device, autocast_dtype: torch.dtype | None,
-               rank: int, world: int) -> torch.Tensor:
+               first: int, batch_size: int, device: torch.device,
+               autocast_dtype: torch.dtype | None, rank: int, world: int) -> torch.Tensor:
     """[N, 2] float64: (sum of CE, number of scored tokens) per domain, for this rank's share."""
     sums = torch.zeros(len(domains), 2, dtype=torch.float64)
     for di, d in enumerate(domains):
-        mine = validation_indices(reader, d, max_sequences)[rank::world]
+        mine = validation_indices(reader, d, max_sequences, first)[rank::world]
         for start in range(0, len(mine), batch_size):
             ids = reader.read(d, "validation", mine[start:start + batch_size]).input_ids
             ids = ids.to(device, non_blocking=True)
@@ -151,8 +159,11 @@ def _loss_sums(model: torch.nn.Module, reader: Any, domains: list[str], max_sequ
 def evaluate_domains(model: torch.nn.Module, reader: Any, *, max_sequences: int = 500,
                      batch_size: int = 8, device: torch.device | str | None = None,
                      autocast_dtype: torch.dtype | None = None,
-                     process_group: Any = None) -> list[DomainPerplexity]:
-    """Per-domain student vs teacher perplexity; all-reduced when torch.distributed is up."""
+                     process_group: Any = None, first: int = 0) -> list[DomainPerplexity]:
+    """Per-domain student vs teacher perplexity; all-reduced when torch.distributed is up.
+
+    Scores `max_sequences` validation sequences per domain starting at index `first`.
+    """
     if max_sequences < 1:
         raise ConfigError(f"validation sequences must be >= 1, got {max_sequences}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -163,7 +174,7 @@ def evaluate_domains(model: torch.nn.Module, reader: Any, *, max_sequences: int 
     was_training = model.training
     model.eval()
     try:
-        sums = _loss_sums(model, reader, domains, max_sequences, batch_size, device,
+        sums = _loss_sums(model, reader, domains, max_sequences, first, batch_size, device,
                           autocast_dtype, rank, world)
     finally:
         model.train(was_training)
@@ -173,7 +184,7 @@ def evaluate_domains(model: torch.nn.Module, reader: Any, *, max_sequences: int 
         sums = red.cpu()
     out = []
     for di, d in enumerate(domains):
-        idx = validation_indices(reader, d, max_sequences)
+        idx = validation_indices(reader, d, max_sequences, first)
         loss = float(sums[di, 0] / sums[di, 1])
         t_loss = float(reader.teacher_loss(d, idx))
         s_ppl, t_ppl = math.exp(min(loss, 700.0)), math.exp(t_loss)

@@ -42,16 +42,23 @@ from typing import Any
 
 import numpy as np
 import torch
-from ddk.cache.ddk_weights import fixed_weights, initial_weights, update_weights
+from ddk.cache.ddk_weights import (
+    explicit_weights,
+    fixed_weights,
+    initial_weights,
+    update_weights,
+)
 from ddk.cache.errors import ConfigError
 from ddk.cache.evaluate import DomainPerplexity, evaluate_domains, load_student, open_cache
 from ddk.cache.metrics import MetricsLog, plot_metrics
+from ddk.cache.online_teacher import load_online_teacher
 from ddk.cache.sampler import DomainSampler, PrefetchLoader, SampledBatch
 
 __all__ = ["TrainConfig", "TrainResult", "lr_at", "train"]
 
 METHODS = ("ddk", "kd", "cpt")
 MIXTURES = ("natural", "uniform")
+TAILS = ("bucket", "renorm")
 
 
 @dataclass
@@ -63,10 +70,14 @@ class TrainConfig:
     out: str
     method: str = "ddk"               # ddk | kd | cpt
     mixture: str = "natural"          # fixed mixture for kd / cpt: natural | uniform
+    domain_weights: dict[str, float] | None = None  # explicit fixed mixture (overrides mixture)
     alpha: float = 0.5                # DDK smoothing between discrepancy and uniform
     interval: int = 1000              # steps between re-weightings / validation
     gamma: float = 0.2                # KL weight (ddk, kd)
     temperature: float = 1.0          # distillation temperature
+    kd_tail: str = "bucket"           # bucket: top-k + tail bucket; renorm: top-k renormalised
+    kd_topk: int | None = None        # distil from the first k of the cached top-k (None: all)
+    online_teacher: str | None = None  # full-vocabulary KD: run this teacher every step
     val_sequences: int = 500          # validation sequences per domain for ppl
     batch_size: int = 8               # sequences per micro-batch per rank
     grad_accum: int = 1               # micro-batches per optimizer step
@@ -119,7 +130,8 @@ class TrainConfig:
 
 
 #: fields that change the sequence stream or the maths: a resume must not change them.
-_RESUME_KEYS = ("method", "mixture", "alpha", "interval", "gamma", "temperature",
+_RESUME_KEYS = ("method", "mixture", "domain_weights", "kd_tail", "kd_topk", "online_teacher",
+                "alpha", "interval", "gamma", "temperature",
                 "val_sequences", "batch_size", "grad_accum", "lr", "min_lr", "weight_decay",
                 "grad_clip", "seed", "max_steps", "warmup", "world_size")
 
@@ -300,14 +312,16 @@ def _next_weights(cfg: TrainConfig, prev: torch.Tensor | None, ppl: list[DomainP
 
 
 def _micro_loss(model: torch.nn.Module, batch: SampledBatch, cfg: TrainConfig,
-                device: torch.device, amp: torch.dtype | None
+                device: torch.device, amp: torch.dtype | None,
+                teacher: torch.nn.Module | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss to backprop, ce, kl) for one micro-batch, the same path for every method.
 
     One sparse_kl_loss call (CE + gamma * T^2 * KL; cpt: gamma = 0) writes the gradient into
     the logits buffer and returns the logged parts from the same pass (KL is computed for
     every method alike, so cpt logs how far it is from the teacher too). The returned kl is
-    KL(teacher_T || student_T) itself, without the T^2 factor.
+    KL(teacher_T || student_T) itself, without the T^2 factor. With an online `teacher` the
+    target is its full distribution instead (full_vocab_kd_loss, the comparison baseline).
     """
     from ddk.kernels import sparse_kl_loss
 
@@ -315,22 +329,49 @@ def _micro_loss(model: torch.nn.Module, batch: SampledBatch, cfg: TrainConfig,
     # positions 0..L-2 predict tokens 1..L-1; causal attention makes token L-1 irrelevant to them
     with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
         logits = model(input_ids=ids[:, :-1], use_cache=False).logits
-    k = batch.topk_ids.shape[-1]
     logits = logits.flatten(0, 1)
-    teacher = (batch.topk_ids.to(device, non_blocking=True).view(-1, k),
-               batch.topk_logprobs.to(device, non_blocking=True).view(-1, k),
-               batch.tail_logmass.to(device, non_blocking=True).view(-1),
-               ids[:, 1:].reshape(-1))
+    labels = ids[:, 1:].reshape(-1)
     kl_weight = 0.0 if cfg.method == "cpt" else cfg.gamma
-    loss, kl, ce = sparse_kl_loss(logits, *teacher, kl_weight=kl_weight, ce_weight=1.0,
-                                  temperature=cfg.temperature, inplace_grad=True,
+    if teacher is not None:
+        from ddk.cache.online_teacher import full_vocab_kd_loss
+
+        with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            t_logits = teacher(input_ids=ids[:, :-1], use_cache=False).logits.flatten(0, 1)
+        loss, kl, ce = full_vocab_kd_loss(logits, t_logits, labels, kl_weight=kl_weight,
+                                          temperature=cfg.temperature)
+        return loss, ce, kl
+    k = batch.topk_ids.shape[-1]
+    topk_ids = batch.topk_ids.to(device, non_blocking=True).view(-1, k)
+    topk_lp = batch.topk_logprobs.to(device, non_blocking=True).view(-1, k)
+    tail = batch.tail_logmass.to(device, non_blocking=True).view(-1)
+    if cfg.kd_topk is not None and cfg.kd_topk < k:
+        topk_ids, topk_lp, tail = truncate_topk(topk_ids, topk_lp, tail, cfg.kd_topk)
+    loss, kl, ce = sparse_kl_loss(logits, topk_ids, topk_lp, tail, labels, kl_weight=kl_weight,
+                                  ce_weight=1.0, temperature=cfg.temperature, tail=cfg.kd_tail,
+                                  inplace_grad=True,
                                   return_components=True)  # validates the cached ids/log-probs
     return loss, ce, kl
 
 
+def truncate_topk(topk_ids: torch.Tensor, topk_logprobs: torch.Tensor,
+                  tail_logmass: torch.Tensor, k: int
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The cached top-k cut to its first k entries, the dropped mass moved into the tail.
+
+    Cached entries are sorted by descending log-prob, so the first k are the teacher's top-k;
+    the new tail log-mass is logsumexp(old tail, dropped log-probs), which is what a cache
+    built with this k would have stored (up to the quantisation of the dropped entries).
+    """
+    rest = torch.cat([tail_logmass.unsqueeze(-1).to(topk_logprobs.dtype),
+                      topk_logprobs[:, k:]], dim=-1)
+    return (topk_ids[:, :k].contiguous(), topk_logprobs[:, :k].contiguous(),
+            torch.logsumexp(rest, dim=-1))
+
+
 def _optimizer_step(net: torch.nn.Module, model: torch.nn.Module, opt: torch.optim.Optimizer,
                     loader: PrefetchLoader, cfg: TrainConfig, d: _Dist,
-                    amp: torch.dtype | None, lr: float) -> torch.Tensor:
+                    amp: torch.dtype | None, lr: float,
+                    teacher: torch.nn.Module | None = None) -> torch.Tensor:
     """grad_accum micro-batches, clip, AdamW step. Returns float64 CPU [loss, ce, kl, gnorm, 0]."""
     for group in opt.param_groups:
         group["lr"] = lr
@@ -339,7 +380,7 @@ def _optimizer_step(net: torch.nn.Module, model: torch.nn.Module, opt: torch.opt
         batch = next(loader)
         last = micro == cfg.grad_accum - 1
         with contextlib.nullcontext() if last or d.world == 1 else net.no_sync():
-            loss, ce, kl = _micro_loss(net, batch, cfg, d.device, amp)
+            loss, ce, kl = _micro_loss(net, batch, cfg, d.device, amp, teacher)
             (loss / cfg.grad_accum).backward()
         acc += torch.stack([loss.detach(), ce, kl]).float()
     max_norm = cfg.grad_clip if cfg.grad_clip is not None else float("inf")
@@ -365,6 +406,11 @@ def _train(cfg: TrainConfig, d: _Dist) -> TrainResult:
     reader = open_cache(cfg.cache)
     domains = reader.domains
     model, tokenizer = load_student(cfg.student, reader)
+    if cfg.kd_topk is not None and cfg.kd_topk > reader.k:
+        raise ConfigError(f"--kd-topk {cfg.kd_topk} exceeds the cache's k = {reader.k}; "
+                          f"pass --kd-topk <= {reader.k} or rebuild the cache with a larger k")
+    teacher = (None if cfg.online_teacher is None or cfg.method == "cpt"
+               else load_online_teacher(cfg.online_teacher, reader, d.device))
     save_dtype = getattr(model.config, "dtype", None) or torch.float32
     if isinstance(save_dtype, str):
         save_dtype = getattr(torch, save_dtype, torch.float32)
@@ -398,7 +444,12 @@ def _train(cfg: TrainConfig, d: _Dist) -> TrainResult:
 
     sampler = DomainSampler([reader.num_sequences(dom, "train") for dom in domains],
                             [1.0] * len(domains), seed=cfg.seed, rank=d.rank)
-    fixed = None if cfg.method == "ddk" else fixed_weights(cfg.mixture, train_tokens)
+    if cfg.method == "ddk":
+        fixed = None
+    elif cfg.domain_weights is not None:
+        fixed = explicit_weights(cfg.domain_weights, domains)
+    else:
+        fixed = fixed_weights(cfg.mixture, train_tokens)
 
     # state that a checkpoint carries besides model/optimizer
     step, tokens, weights = 0, 0, None
@@ -481,7 +532,8 @@ def _train(cfg: TrainConfig, d: _Dist) -> TrainResult:
 
             t0 = time.perf_counter()
             lr = lr_at(step, max_steps=max_steps, warmup=warmup, lr=cfg.lr, min_lr=cfg.min_lr)
-            stats = _optimizer_step(net, model, opt, loader, cfg, d, amp, lr)  # one host sync
+            stats = _optimizer_step(net, model, opt, loader, cfg, d, amp, lr,
+                                    teacher)  # one host sync
             stats[4] = 1.0 if stop.signum is not None else 0.0
             stats = _all_reduce(stats, d)  # (sums over ranks) loss, ce, kl, grad norm, stop
             grad_norm = float(stats[3]) / d.world
