@@ -108,6 +108,12 @@ class TrainConfig:
         need(self.method in METHODS, f"--method must be one of {METHODS}, got {self.method!r}")
         need(self.mixture in MIXTURES, f"--kd-mixture must be one of {MIXTURES}, "
              f"got {self.mixture!r}")
+        need(self.domain_weights is None or self.method != "ddk",
+             "explicit --kd-mixture weights are a fixed mixture for --method kd or cpt; "
+             "ddk sets its own weights: drop them or pick --method kd")
+        need(self.kd_tail in TAILS, f"--kd-tail must be one of {TAILS}, got {self.kd_tail!r}")
+        need(self.kd_topk is None or self.kd_topk >= 1, f"--kd-topk must be >= 1, "
+             f"got {self.kd_topk}")
         need(0.0 <= self.alpha <= 1.0, f"--alpha must be in [0, 1], got {self.alpha}")
         for name in ("interval", "val_sequences", "batch_size", "grad_accum", "keep_checkpoints",
                      "prefetch"):
