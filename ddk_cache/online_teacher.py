@@ -44,7 +44,7 @@ def load_online_teacher(path: str | Path, reader: Any, device: torch.device) -> 
 
 def full_vocab_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                        labels: torch.Tensor, *, kl_weight: float, ce_weight: float = 1.0,
-                       temperature: float = 1.0
+                       temperature: float = 1.0, ignore_index: int = -100
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, kl, ce), means over rows: ce_weight * CE + kl_weight * T^2 * KL(p_T || q_T).
 
@@ -60,7 +60,9 @@ def full_vocab_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tenso
     s = student_logits.float()
     log_q = F.log_softmax(s / temperature, dim=-1)[:, :v]
     log_p = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    kl = (log_p.exp() * (log_p - log_q)).sum(-1).mean()
-    ce = F.cross_entropy(s, labels)
+    active = labels != ignore_index  # as in sparse_kl_loss: ignored rows count in neither term
+    kl_rows = (log_p.exp() * (log_p - log_q)).sum(-1)
+    kl = (kl_rows * active).sum() / active.sum().clamp(min=1)
+    ce = F.cross_entropy(s, labels, ignore_index=ignore_index)
     loss = ce_weight * ce + kl_weight * temperature ** 2 * kl
     return loss, kl.detach(), ce.detach()

@@ -10,6 +10,11 @@ take an AdamW step with linear warm-up then cosine decay.
     kd:  fixed mixture (natural token proportions or uniform);                  loss CE + gamma KL
     cpt: same fixed mixture;                                  loss CE (the same call, gamma = 0)
 
+The fixed mixture can also be given by name (domain_weights). For measuring what the cache's
+compression costs, the KD target can be the top-k renormalised (kd_tail="renorm"), cut to
+fewer entries than cached (kd_topk), or the teacher's full distribution recomputed online at
+every step (online_teacher, see online_teacher.py).
+
 Run directory (`out`): model/ (save_pretrained + tokenizer), checkpoints/, metrics.jsonl,
 plots/domain_weights.png, plots/domain_ppl.png, summary.json.
 
@@ -114,6 +119,12 @@ class TrainConfig:
         need(self.kd_tail in TAILS, f"--kd-tail must be one of {TAILS}, got {self.kd_tail!r}")
         need(self.kd_topk is None or self.kd_topk >= 1, f"--kd-topk must be >= 1, "
              f"got {self.kd_topk}")
+        need(self.online_teacher is None or (self.kd_topk is None and self.kd_tail == "bucket"),
+             "--online-teacher distils from the teacher's full distribution; drop --kd-topk "
+             "and --kd-tail, which shape the cached top-k target")
+        need(self.online_teacher is None or self.method != "cpt",
+             "--method cpt has no KL term, so --online-teacher would be unused; drop it or "
+             "pick --method kd / ddk")
         need(0.0 <= self.alpha <= 1.0, f"--alpha must be in [0, 1], got {self.alpha}")
         for name in ("interval", "val_sequences", "batch_size", "grad_accum", "keep_checkpoints",
                      "prefetch"):
@@ -411,11 +422,15 @@ def _train(cfg: TrainConfig, d: _Dist) -> TrainResult:
                           "or choose another --out")
     reader = open_cache(cfg.cache)
     domains = reader.domains
+    if not cfg.progress:  # quiet means quiet: no weight-loading bars either
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     model, tokenizer = load_student(cfg.student, reader)
     if cfg.kd_topk is not None and cfg.kd_topk > reader.k:
         raise ConfigError(f"--kd-topk {cfg.kd_topk} exceeds the cache's k = {reader.k}; "
                           f"pass --kd-topk <= {reader.k} or rebuild the cache with a larger k")
-    teacher = (None if cfg.online_teacher is None or cfg.method == "cpt"
+    teacher = (None if cfg.online_teacher is None
                else load_online_teacher(cfg.online_teacher, reader, d.device))
     save_dtype = getattr(model.config, "dtype", None) or torch.float32
     if isinstance(save_dtype, str):

@@ -81,6 +81,20 @@ def test_full_vocab_loss_on_a_hand_computed_2x3_example():
     assert kl(p1, q1) == pytest.approx(0.5 * math.log(1.125))  # the example is what it says
 
 
+def test_full_vocab_loss_ignores_rows_labelled_ignore_index_in_both_terms():
+    from ddk.cache.online_teacher import full_vocab_kd_loss
+
+    torch.manual_seed(0)
+    student, teacher = torch.randn(4, 7), torch.randn(4, 7)
+    labels = torch.tensor([1, -100, 3, -100])
+    keep = labels != -100
+    _, kl, ce = full_vocab_kd_loss(student, teacher, labels, kl_weight=1.0)
+    _, kl_kept, ce_kept = full_vocab_kd_loss(student[keep], teacher[keep], labels[keep],
+                                             kl_weight=1.0)
+    assert float(kl) == pytest.approx(float(kl_kept), rel=1e-6)
+    assert float(ce) == pytest.approx(float(ce_kept), rel=1e-6)
+
+
 def test_full_vocab_loss_refuses_a_student_narrower_than_the_teacher():
     from ddk.cache.errors import ConfigError
     from ddk.cache.online_teacher import full_vocab_kd_loss
@@ -352,7 +366,11 @@ def test_kd_topk_above_the_cache_k_is_an_error(train_cache, tiny_student_dir, tm
 
 @pytest.mark.parametrize("kw,match", [({"kd_topk": 0}, "--kd-topk"),
                                       ({"kd_topk": -1}, "--kd-topk"),
-                                      ({"kd_tail": "drop"}, "--kd-tail")])
+                                      ({"kd_tail": "drop"}, "--kd-tail"),
+                                      ({"online_teacher": "T", "kd_topk": 2}, "drop --kd-topk"),
+                                      ({"online_teacher": "T", "kd_tail": "renorm"},
+                                       "drop --kd-topk"),
+                                      ({"online_teacher": "T", "method": "cpt"}, "unused")])
 def test_bad_variant_options_fail_before_training(train_cache, tiny_student_dir, tmp_path, kw,
                                                   match):
     from ddk.cache.errors import ConfigError
