@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Rebuild the bundled demo corpus (ddk_cache/data/demo_corpus/*.jsonl.gz) from its sources.
+"""Rebuild the bundled demo corpus (ddk_cache/data/demo_corpus/*.jsonl.gz) from its sources,
+and the larger benchmark corpus (bench/data/corpus/*.jsonl.gz) from the same ones.
 
 A maintainer script, not run by the tests: it needs the network (Debian apt and PyPI),
 `apt-get` + `dpkg-deb` (Debian/Ubuntu, amd64 for the KJV reader binary) and a Python 3.8/3.9
@@ -9,6 +10,14 @@ which it installs into its own throw-away venv).
     python scripts/build_demo_corpus.py                # rebuild into the package data dir
     python scripts/build_demo_corpus.py --out /tmp/dc  # rebuild elsewhere
     python scripts/build_demo_corpus.py --check        # rebuild into a temp dir, compare hashes
+
+The benchmark corpus (GPU replication runs) is the same eight domains with a larger byte
+budget per domain; sources that hold less text than the budget are taken whole:
+
+    python scripts/build_demo_corpus.py --budget 6000000 --out bench/data/corpus
+    python scripts/build_demo_corpus.py --budget 6000000 --out bench/data/corpus --check
+
+Pass --work-dir DIR to keep downloads and the math venv between runs.
 
 Every source is pinned to an exact version (PINS below, mirrored in the NOTICE). Output is
 deterministic: documents are selected from sorted inputs by a fixed rule, JSON is written with
@@ -46,7 +55,8 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "ddk_cache" / "data" / "demo_corpus"
 
 # Raw UTF-8 text bytes per domain (the selection stops at the first document that reaches it).
-BUDGET = 1_750_000
+# The demo corpus uses the default; the benchmark corpus passes --budget (see the docstring).
+DEFAULT_BUDGET = 1_750_000
 
 DEBIAN_PINS: dict[str, str] = {
     "libpython3.11-stdlib": "3.11.2-6+deb12u9",
@@ -66,7 +76,7 @@ PYPI_PINS: dict[str, str] = {
 # The math generator's own venv: mathematics-dataset 1.0.1 predates sympy 1.5 / numpy 1.24.
 MATH_VENV_PINS = ["sympy==1.4", "numpy==1.23.5", "mpmath==1.3.0", "absl-py==2.3.1", "six==1.17.0"]
 MATH_SEED = 20240601
-MATH_PER_MODULE = 400  # Q/A pairs generated per module; the byte budget cuts the tail
+MATH_PER_MODULE = 400  # Q/A pairs per module at DEFAULT_BUDGET; the byte budget cuts the tail
 MATH_PAIRS_PER_DOC = 10
 
 DOMAINS = (
@@ -180,7 +190,7 @@ def fetch_pypi(name: str, work: Path) -> Path:
 # --------------------------------------------------------------------------- selection
 
 
-def select_spread(docs: list[Doc], budget: int = BUDGET, max_doc: int | None = None) -> list[Doc]:
+def select_spread(docs: list[Doc], budget: int, max_doc: int | None = None) -> list[Doc]:
     """Pick documents spread evenly over `docs` (kept in their given order) up to `budget` bytes.
 
     Takes every k-th document (k = ceil(total / budget)) starting at offset 0, then offset 1,
@@ -208,7 +218,7 @@ def select_spread(docs: list[Doc], budget: int = BUDGET, max_doc: int | None = N
 # --------------------------------------------------------------------------- domains
 
 
-def build_python_code(work: Path) -> list[Doc]:
+def build_python_code(work: Path, budget: int) -> list[Doc]:
     """CPython 3.11 stdlib .py files, whole files (no headers stripped), sorted by path."""
     root = fetch_deb("libpython3.11-stdlib", work)
     lib = root / "usr/lib/python3.11"
@@ -218,10 +228,10 @@ def build_python_code(work: Path) -> list[Doc]:
             continue  # e.g. the arch-specific _sysconfigdata link
         rel = path.relative_to(root).as_posix()
         docs.append(Doc(path.read_text(encoding="utf-8"), f"libpython3.11-stdlib:{rel}"))
-    return select_spread(docs, max_doc=120_000)
+    return select_spread(docs, budget, max_doc=120_000)
 
 
-def build_c_math(work: Path) -> list[Doc]:
+def build_c_math(work: Path, budget: int) -> list[Doc]:
     """newlib libm .c files (all but libm/test), verbatim: their licence headers must stay."""
     root = fetch_deb("newlib-source", work)
     tarballs = sorted((root / "usr/src/newlib").glob("newlib-*.tar.xz"))
@@ -246,7 +256,7 @@ def build_c_math(work: Path) -> list[Doc]:
             docs.append(
                 Doc(data.decode("utf-8", errors="replace"), f"newlib-3.3.0:newlib/libm/{rel}")
             )
-    return select_spread(docs)
+    return select_spread(docs, budget)
 
 
 KJV_BOOKS = (
@@ -320,7 +330,7 @@ KJV_BOOKS = (
 _VERSE_RE = re.compile(r"^(\d?[A-Za-z]+)(\d+):(\d+) (.*)$")
 
 
-def build_bible(work: Path) -> list[Doc]:
+def build_bible(work: Path, budget: int) -> list[Doc]:
     """KJV, one document per chapter ("Book N" heading, numbered verses)."""
     data = fetch_deb("bible-kjv-text", work) / "usr/lib"
     reader = fetch_deb("bible-kjv", work) / "usr/bin/bible"
@@ -350,7 +360,7 @@ def build_bible(work: Path) -> list[Doc]:
         )
         for (b, c), verses in sorted(chapters.items())
     ]
-    return select_spread(docs)
+    return select_spread(docs, budget)
 
 
 _ACT_RE = re.compile(
@@ -375,7 +385,7 @@ def _tidy(text: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
 
 
-def build_dialogue(work: Path) -> list[Doc]:
+def build_dialogue(work: Path, budget: int) -> list[Doc]:
     """chatterbot-corpus English dialogues (one doc per YAML file) + Shakespeare plays by act."""
     import yaml
 
@@ -409,7 +419,7 @@ def build_dialogue(work: Path) -> list[Doc]:
             continue
         for k, act in enumerate(acts, 1):
             plays.append(Doc(_tidy(act), f"shakespeare:shksprdata/texts/{path.name}#part{k}"))
-    budget_left = BUDGET - sum(d.nbytes for d in docs)
+    budget_left = budget - sum(d.nbytes for d in docs)
     return docs + select_spread(plays, budget=budget_left)
 
 
@@ -530,7 +540,7 @@ def html_to_text(markup: str) -> str:
     return parser.text()
 
 
-def build_sqlite_docs(work: Path) -> list[Doc]:
+def build_sqlite_docs(work: Path, budget: int) -> list[Doc]:
     """SQLite HTML docs as plain text, one doc per page; syntax-diagram pages left out."""
     root = fetch_deb("sqlite3-doc", work)
     base = root / "usr/share/doc/sqlite3"
@@ -543,13 +553,13 @@ def build_sqlite_docs(work: Path) -> list[Doc]:
             continue
         text = html_to_text(path.read_text(encoding="utf-8", errors="replace"))
         docs.append(Doc(text, f"sqlite3-doc:usr/share/doc/sqlite3/{rel}"))
-    return select_spread(docs, max_doc=100_000)
+    return select_spread(docs, budget, max_doc=100_000)
 
 
 LICENSE_CATEGORIES = {"Permissive", "Copyleft", "Copyleft Limited", "Public Domain"}
 
 
-def build_licenses(work: Path) -> list[Doc]:
+def build_licenses(work: Path, budget: int) -> list[Doc]:
     """ScanCode licence texts (open-source categories, not deprecated), name + body."""
     import yaml
 
@@ -568,7 +578,7 @@ def build_licenses(work: Path) -> list[Doc]:
         docs.append(
             Doc(f"{name}\n\n{body}\n", f"licensedcode-data:licensedcode/data/licenses/{path.name}")
         )
-    return select_spread(docs, max_doc=60_000)
+    return select_spread(docs, budget, max_doc=60_000)
 
 
 _MATH_GEN = r"""
@@ -649,7 +659,17 @@ def _find_math_python(explicit: str | None) -> str:
     )
 
 
-def build_math_qa(work: Path, math_python: str | None = None) -> list[Doc]:
+def math_per_module(budget: int) -> int:
+    """Q/A pairs to generate per module: MATH_PER_MODULE up to DEFAULT_BUDGET, then scaled with
+    the budget so that the cut still falls inside the generated pairs. The generator draws from
+    one seeded stream module after module, so a different count changes the questions: the
+    default budget keeps MATH_PER_MODULE and hence the demo corpus as it is."""
+    if budget <= DEFAULT_BUDGET:
+        return MATH_PER_MODULE
+    return math.ceil(MATH_PER_MODULE * budget / DEFAULT_BUDGET)
+
+
+def build_math_qa(work: Path, budget: int, math_python: str | None = None) -> list[Doc]:
     """DeepMind mathematics_dataset Q/A pairs, fixed seed, all train modules interleaved."""
     venv = work / "math-venv"
     if not (venv / "bin/python").exists():
@@ -670,7 +690,8 @@ def build_math_qa(work: Path, math_python: str | None = None) -> list[Doc]:
     script.write_text(_MATH_GEN, encoding="utf-8")
     env = {"PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0", "LC_ALL": "C.UTF-8"}
     out = _run(
-        [str(venv / "bin/python"), str(script), str(MATH_SEED), str(MATH_PER_MODULE)], env=env
+        [str(venv / "bin/python"), str(script), str(MATH_SEED), str(math_per_module(budget))],
+        env=env,
     )
     by_module: dict[str, list[str]] = {}
     for line in out.splitlines():
@@ -695,7 +716,7 @@ def build_math_qa(work: Path, math_python: str | None = None) -> list[Doc]:
     for d in docs:
         out_docs.append(d)
         size += d.nbytes
-        if size >= BUDGET:
+        if size >= budget:
             break
     return out_docs
 
@@ -715,7 +736,7 @@ _JARGON_ENTRY = re.compile(r"^   :(.+?):", re.MULTILINE)
 _JARGON_STOP = re.compile(r"^(  [A-Z]$|\s+Part\sIII\.\sAppendices)", re.MULTILINE)
 
 
-def build_dictionary(work: Path) -> list[Doc]:
+def build_dictionary(work: Path, budget: int) -> list[Doc]:
     """Devil's Dictionary (dictd entries) + Jargon File 4.4.7 glossary, one doc per entry."""
     docs: list[Doc] = []
     root = fetch_deb("dict-devil", work) / "usr/share/dictd"
@@ -742,7 +763,7 @@ def build_dictionary(work: Path) -> list[Doc]:
         entry = "\n".join(line.removeprefix("   ") for line in chunk.split("\n"))
         docs.append(Doc(_tidy(entry), f"jargon-text:jargon.txt#{head}"))
     docs = _unique_sources(docs)
-    return select_spread(docs)
+    return select_spread(docs, budget)
 
 
 def _unique_sources(docs: list[Doc]) -> list[Doc]:
@@ -787,11 +808,22 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def build_all(out: Path, work: Path, domains: Iterable[str], math_python: str | None) -> None:
+def build_all(
+    out: Path,
+    work: Path,
+    domains: Iterable[str],
+    math_python: str | None,
+    budget: int = DEFAULT_BUDGET,
+) -> None:
+    """Build each domain into out/<name>.jsonl.gz, about `budget` raw text bytes per domain
+    (less where the source holds less), and print its document count, sizes and hash."""
     out.mkdir(parents=True, exist_ok=True)
     for name in domains:
         builder = BUILDERS[name]
-        docs = builder(work, math_python) if name == "math_qa" else builder(work)
+        if name == "math_qa":
+            docs = builder(work, budget, math_python)
+        else:
+            docs = builder(work, budget)
         if not docs:
             raise BuildError(f"domain {name}: no documents selected")
         target = out / f"{name}.jsonl.gz"
@@ -831,7 +863,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--work-dir", type=Path, help="download/unpack cache (default: a temp dir)")
     ap.add_argument("--math-python", help="Python 3.8/3.9 interpreter for the math venv")
+    ap.add_argument(
+        "--budget",
+        type=int,
+        default=DEFAULT_BUDGET,
+        metavar="BYTES",
+        help="raw UTF-8 text bytes per domain; domains whose source holds less take all of it "
+        "(default: %(default)s, the demo corpus; the benchmark corpus uses 6000000)",
+    )
     args = ap.parse_args(argv)
+    if args.budget <= 0:
+        ap.error(f"--budget must be a positive number of bytes, got {args.budget}")
     domains = args.domain or list(DOMAINS)
 
     work_ctx = None
@@ -843,10 +885,10 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(work_ctx.name)
     try:
         if not args.check:
-            build_all(args.out, work, domains, args.math_python)
+            build_all(args.out, work, domains, args.math_python, args.budget)
             return 0
         with tempfile.TemporaryDirectory(prefix="ddk-demo-check-") as tmp:
-            build_all(Path(tmp), work, domains, args.math_python)
+            build_all(Path(tmp), work, domains, args.math_python, args.budget)
             bad = []
             for name in domains:
                 new, old = Path(tmp) / f"{name}.jsonl.gz", args.out / f"{name}.jsonl.gz"
