@@ -21,12 +21,11 @@ import torch
 
 
 def main() -> None:
-    from transformers import AutoTokenizer
-
     from ddk.cache.cache_job import CacheJobConfig, resolve_teacher_path, run_cache_job
     from ddk.cache.demo_corpus import demo_domain_specs
     from ddk.cache.packing import pack_domain
     from ddk.cache.teacher.transformers_backend import TransformersTeacher
+    from transformers import AutoTokenizer
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--teacher", default=None, help="model dir (default: embedded default)")
@@ -97,7 +96,7 @@ def main() -> None:
         return
     print(f"{tokens} tokens, k={args.k}, seq_len={args.seq_len}, batch {args.batch_size}, "
           f"teacher {out['teacher']}, {out['machine']}")
-    print(f"| stage | seconds | tokens/s | time / bare forward |\n|---|---|---|---|")
+    print("| stage | seconds | tokens/s | time / bare forward |\n|---|---|---|---|")
     for name, sec in rows.items():
         print(f"| {name} | {sec:.1f} | {tokens / sec:.0f} | {sec / bare:.2f}x |")
 

@@ -276,9 +276,9 @@ def format_report(summary: dict[str, Any], start: list[dict[str, Any]], preset: 
                   p: Preset, seconds: float) -> str:
     lines = [f"Preset `{preset}`: {json.dumps(asdict(p))}", "",
              f"Total wall time {seconds / 60:.1f} min.", "",
-             "Held-out test perplexity ratio student/teacher per domain; 'geo-mean' is the "
+             ("Held-out test perplexity ratio student/teacher per domain; 'geo-mean' is the "
              "geometric mean over the domains, 'worst' the largest domain ratio. Over seeds: "
-             "mean ± std [min, max].", ""]
+             "mean ± std [min, max]."), ""]
     main = summary.get("main", {})
     if main:
         lines += ["### Main comparison (equal token budget)", "",
@@ -298,8 +298,8 @@ def format_report(summary: dict[str, Any], start: list[dict[str, Any]], preset: 
         rows = summary.get(group, {})
         if not rows:
             continue
-        lines += ["", f"### {title}", "", "| variant | seeds | geo-mean ratio | worst-domain "
-                  "ratio | train s/run |", "|---|---|---|---|---|"]
+        lines += ["", f"### {title}", "", ("| variant | seeds | geo-mean ratio | worst-domain "
+                  "ratio | train s/run |"), "|---|---|---|---|---|"]
         if group == "ablation" and "ddk" in main:
             rows = {"ddk (K, alpha=0.5, gamma=0.2 as in main)": main["ddk"], **rows}
         lines += [f"| {label} | {len(v['seeds'])} | {spread(v['geo_mean_ratio'])} | "

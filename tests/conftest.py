@@ -98,8 +98,7 @@ def write_domain(root: Path, name: str, docs: list[str]) -> Path:
     d = root / name
     d.mkdir(parents=True, exist_ok=True)
     with open(d / "docs.jsonl", "w", encoding="utf-8") as f:
-        for doc in docs:
-            f.write(json.dumps({"text": doc}) + "\n")
+        f.writelines(json.dumps({"text": doc}) + "\n" for doc in docs)
     return d
 
 

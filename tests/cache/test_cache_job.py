@@ -13,21 +13,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from ddk.cache.cache_job import CacheJobConfig, run_cache_job
 from ddk.cache.corpus import DomainSpec
+from ddk.cache.encoding import DEFAULT_LOGPROB_STEP as STEP
 from ddk.cache.errors import ConfigError, IncompleteCacheError, StoreError, StoreMismatchError
 from ddk.cache.store import CacheReader
 from ddk.cache.teacher.transformers_backend import TransformersTeacher
 
-from ddk.cache.encoding import DEFAULT_LOGPROB_STEP as STEP  # noqa: E402
-
 
 def job(tmp_path: Path, teacher: Path, corpus: dict[str, Path], **kw) -> CacheJobConfig:
-    defaults = dict(output=str(tmp_path / "cache"), teacher=str(teacher),
-                    domains=[DomainSpec(n, str(p)) for n, p in sorted(corpus.items())],
-                    k=8, seq_len=48, val_sequences=3, sequences_per_shard=3, batch_size=2,
-                    progress=False)
+    defaults = {"output": str(tmp_path / "cache"), "teacher": str(teacher),
+                    "domains": [DomainSpec(n, str(p)) for n, p in sorted(corpus.items())],
+                    "k": 8, "seq_len": 48, "val_sequences": 3, "sequences_per_shard": 3, "batch_size": 2,
+                    "progress": False}
     defaults.update(kw)
     return CacheJobConfig(**defaults)
 
@@ -218,7 +216,7 @@ def test_sigkill_and_resume_is_bitwise_identical(tmp_path, tiny_teacher_dir, sma
 def test_cli_user_error_is_one_line(tmp_path, small_corpus):
     p = _cli("cache-teacher", "--teacher", str(tmp_path / "missing"), "-o",
              str(tmp_path / "c"), "--domain", f"code={small_corpus['code']}", cwd=tmp_path)
-    out, err = p.communicate(timeout=120)
+    _out, err = p.communicate(timeout=120)
     assert p.returncode == 1
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: teacher not found"), err

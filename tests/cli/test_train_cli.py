@@ -9,7 +9,6 @@ import pytest
 from click.testing import CliRunner
 from ddk.cli.main import cli
 
-
 SMALL = ["--max-steps", "3", "--interval", "2", "--val-sequences", "2", "--batch-size", "2",
          "--lr", "1e-3", "--min-lr", "1e-4", "--device", "cpu", "-q"]
 
