@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ddk.cache.cache_job import CacheJobConfig, resolve_teacher_path, run_cache_job
 from ddk.cache.errors import ConfigError
 
 METHODS = ("cpt", "kd", "ddk")
@@ -86,6 +85,7 @@ def derive_student(teacher_path: Path, out: Path, keep_layers: int) -> Path:
 
 def run_demo(cfg: DemoConfig) -> DemoResult:
     """Run every stage; each stage resumes/skips if its output already exists."""
+    from ddk.cache.cache_job import CacheJobConfig, resolve_teacher_path, run_cache_job
     from ddk.cache.evaluate import evaluate_model
     from ddk.cache.trainer import TrainConfig, train
 
