@@ -301,7 +301,7 @@ def format_report(summary: dict[str, Any], start: list[dict[str, Any]], preset: 
         lines += ["", f"### {title}", "", ("| variant | seeds | geo-mean ratio | worst-domain "
                   "ratio | train s/run |"), "|---|---|---|---|---|"]
         if group == "ablation" and "ddk" in main:
-            rows = {"ddk (K, alpha=0.5, gamma=0.2 as in main)": main["ddk"], **rows}
+            rows = {f"ddk K={p.interval}, alpha=0.5, gamma=0.2 (main)": main["ddk"], **rows}
         lines += [f"| {label} | {len(v['seeds'])} | {spread(v['geo_mean_ratio'])} | "
                   f"{spread(v['worst_ratio'])} | {statistics.mean(v['train_seconds']):.0f} |"
                   for label, v in rows.items()]
