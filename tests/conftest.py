@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
+REPO = Path(__file__).resolve().parents[1]
 TOKENIZER_TRAINING_TEXT = [
     "The quick brown fox jumps over the lazy dog.",
     "def add(a, b):\n    return a + b\n",
@@ -93,6 +96,23 @@ def tiny_student_dir(tmp_path_factory) -> Path:
     return save_tiny_llama(tmp_path_factory.mktemp("tiny-student"), seed=1, num_layers=1)
 
 
+def load_repo_script(relpath: str) -> ModuleType:
+    """Import a repository file that is not a package module (bench/, scripts/, test helpers).
+
+    --import-mode=importlib gives tests no sibling or repo-root imports; the module is
+    registered in sys.modules because dataclasses look their module up while it executes.
+    """
+    path = REPO / relpath
+    name = "ddk_repo_" + relpath.replace("/", "_").removesuffix(".py")
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def write_domain(root: Path, name: str, docs: list[str]) -> Path:
     """Write `docs` as a JSONL domain directory and return it."""
     d = root / name
@@ -117,14 +137,14 @@ def small_corpus(tmp_path) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def train_cache(tmp_path_factory, tiny_teacher_dir) -> Path:
-    """A small real teacher cache for the trainer / evaluate / CLI tests, built once.
+def repo_script():
+    """load_repo_script as a fixture, for test files (they cannot import conftest)."""
+    return load_repo_script
 
-    Built by tests/cache/train_helpers.py (loaded by path: --import-mode=importlib has no
-    sibling imports).
-    """
-    spec = importlib.util.spec_from_file_location(
-        "ddk_train_helpers", Path(__file__).parent / "cache" / "train_helpers.py")
-    helpers = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(helpers)
+
+@pytest.fixture(scope="session")
+def train_cache(tmp_path_factory, tiny_teacher_dir) -> Path:
+    """A small real teacher cache for the trainer / evaluate / CLI tests, built once
+    (by tests/cache/train_helpers.py)."""
+    helpers = load_repo_script("tests/cache/train_helpers.py")
     return helpers.build_cache(tmp_path_factory.getbasetemp() / "ddk-train", tiny_teacher_dir)

@@ -7,25 +7,18 @@ and a re-run resumes (skips finished runs) with the same results.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
 
-
-def _load_replicate():
-    spec = importlib.util.spec_from_file_location("ddk_bench_replicate",
-                                                  REPO / "bench" / "replicate.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while it executes
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture
+def rep(repo_script):
+    """bench/replicate.py as a module."""
+    return repo_script("bench/replicate.py")
 
 
 @pytest.fixture
@@ -39,8 +32,7 @@ def corpus_dir(small_corpus, tmp_path) -> Path:
 
 
 @pytest.mark.slow
-def test_smoke_preset_runs_every_group_and_resumes(tiny_teacher_dir, corpus_dir, tmp_path):
-    rep = _load_replicate()
+def test_smoke_preset_runs_every_group_and_resumes(rep, tiny_teacher_dir, corpus_dir, tmp_path):
     out = tmp_path / "replicate"
     argv = ["--preset", "smoke", "--teacher", str(tiny_teacher_dir), "--corpus",
             str(corpus_dir), "--out", str(out), "--skew", "code=10", "-q"]
@@ -96,8 +88,7 @@ def test_smoke_preset_runs_every_group_and_resumes(tiny_teacher_dir, corpus_dir,
     assert {d.name: (d / "test.json").stat().st_mtime_ns for d in run_dirs} == mtimes
 
 
-def test_plan_shares_identical_runs_and_covers_the_issue():
-    rep = _load_replicate()
+def test_plan_shares_identical_runs_and_covers_the_issue(rep):
     p = rep.PRESETS["cpu"]
     runs = rep.plan_runs(p, {"a": 0.5, "b": 0.5}, "/teacher")
     main = [r for r in runs if r.group == "main"]

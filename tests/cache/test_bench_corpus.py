@@ -6,9 +6,7 @@ at least as large as the demo corpus per domain, within its size cap, and licenc
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -89,19 +87,12 @@ def test_total_compressed_size_within_cap():
     assert total <= MAX_TOTAL_GZ, f"benchmark corpus is {total} bytes compressed"
 
 
-def _load_build_script():
-    path = REPO / "scripts" / "build_demo_corpus.py"
-    spec = importlib.util.spec_from_file_location("build_demo_corpus", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up here
-    spec.loader.exec_module(mod)
-    return mod
 
 
-def test_notice_names_every_domain_pin_and_the_build_command():
+def test_notice_names_every_domain_pin_and_the_build_command(repo_script):
     notice_path = BENCH_DIR / "NOTICE"
     notice = notice_path.read_text(encoding="utf-8")
     for name in DEMO_DOMAINS:
         assert f"\n{name}\n" in notice, f"NOTICE has no section for {name}"
     assert "--budget 6000000 --out bench/data/corpus" in notice
-    assert _load_build_script().check_notice(notice_path) == []  # every pinned version named
+    assert repo_script("scripts/build_demo_corpus.py").check_notice(notice_path) == []  # every pinned version named

@@ -4,7 +4,6 @@ located through importlib.resources, and shipped in a non-editable wheel."""
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -20,18 +19,9 @@ REPO = Path(__file__).resolve().parents[2]
 HARD_LIMIT_BYTES = 8_000_000  # all eight .jsonl.gz files together
 
 
-def _load_build_script():
-    path = REPO / "scripts" / "build_demo_corpus.py"
-    spec = importlib.util.spec_from_file_location("build_demo_corpus", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up here
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
-def build_script():
-    return _load_build_script()
+def build_script(repo_script):
+    return repo_script("scripts/build_demo_corpus.py")
 
 
 def _read(path: Path) -> list[dict]:
