@@ -358,12 +358,6 @@ def plot(summary: dict[str, Any], records: dict[str, dict[str, Any]],
 
 
 # -- driver ---------------------------------------------------------------------------------
-def parse_weights_arg(text: str | None) -> dict[str, float] | None:
-    from ddk.cache.ddk_weights import parse_weights
-
-    return None if text is None else parse_weights(text)
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from ddk.cache.cache_job import resolve_teacher_path
 
@@ -384,7 +378,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         corpus = demo_corpus_dir()
     specs = domain_specs(corpus)
     names = [s.name for s in specs]
-    skew = parse_weights_arg(args.skew) or {d: w for d, w in DEFAULT_SKEW.items() if d in names}
+    from ddk.cache.ddk_weights import parse_weights
+
+    skew = (parse_weights(args.skew) if args.skew else
+            {d: w for d, w in DEFAULT_SKEW.items() if d in names})
     if not skew:  # a corpus without the default's domains: favour its first two
         skew = {n: 10.0 for n in names[:2]}
     skew = {n: skew.get(n, 1.0) for n in names}

@@ -56,7 +56,7 @@ from ddk.cache.ddk_weights import (
 from ddk.cache.errors import ConfigError
 from ddk.cache.evaluate import DomainPerplexity, evaluate_domains, load_student, open_cache
 from ddk.cache.metrics import MetricsLog, plot_metrics
-from ddk.cache.online_teacher import load_online_teacher
+from ddk.cache.online_teacher import full_vocab_kd_loss, load_online_teacher
 from ddk.cache.sampler import DomainSampler, PrefetchLoader, SampledBatch
 
 __all__ = ["TrainConfig", "TrainResult", "lr_at", "train"]
@@ -350,8 +350,6 @@ def _micro_loss(model: torch.nn.Module, batch: SampledBatch, cfg: TrainConfig,
     labels = ids[:, 1:].reshape(-1)
     kl_weight = 0.0 if cfg.method == "cpt" else cfg.gamma
     if teacher is not None:
-        from ddk.cache.online_teacher import full_vocab_kd_loss
-
         with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             t_logits = teacher(input_ids=ids[:, :-1], use_cache=False).logits.flatten(0, 1)
         loss, kl, ce = full_vocab_kd_loss(logits, t_logits, labels, kl_weight=kl_weight,
