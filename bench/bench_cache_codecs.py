@@ -14,7 +14,7 @@ dir and is read back. Reported per candidate:
   (k + 1)-bucket distributions (top-k + tail bucket), mean and max over positions.
 
 Rows of kind "ddk" are written by ddk's own CacheWriter with a profile of
-ddk.cache.encoding.CODEC_PROFILES and read back by CacheReader. Rows of kind "exploratory"
+ddk.cache.store.encoding.CODEC_PROFILES and read back by CacheReader. Rows of kind "exploratory"
 need code that ddk does not have (another codec profile, or a value transform such as a
 frequency remap of token ids); they are written with the same array layout (chunk = one
 sequence, shard = --sequences-per-shard sequences, CRC32C) by this script, with zarr and
@@ -98,13 +98,13 @@ def corpus_sequences(tokenizer: Any, seq_len: int, n: int, corpus: str) -> tuple
     """n packed sequences interleaved round-robin over the domains of `corpus`."""
     if corpus in ("auto", "demo"):
         try:
-            from ddk.cache.demo_corpus import demo_domain_specs
+            from ddk.cache.corpus.demo_corpus import demo_domain_specs
         except ImportError:
             if corpus == "demo":
-                raise SystemExit("--corpus demo: ddk.cache.demo_corpus is not available")
+                raise SystemExit("--corpus demo: ddk.cache.corpus.demo_corpus is not available")
             corpus = "stdlib"
         else:
-            from ddk.cache.packing import pack_domain
+            from ddk.cache.corpus.packing import pack_domain
 
             specs = demo_domain_specs()
             per = math.ceil(n / len(specs))
@@ -159,7 +159,7 @@ class Scores:
 
 def score_teacher(num_sequences: int, seq_len: int, k: int, corpus: str,
                   batch_size: int) -> Scores:
-    from ddk.cache.default_teacher import ensure_default_teacher
+    from ddk.cache.teacher.default_model import ensure_default_teacher
     from ddk.cache.teacher.transformers_backend import TransformersTeacher
     from transformers import AutoTokenizer
 
@@ -226,9 +226,10 @@ class Decoded:
 
 def write_ddk_store(root: Path, s: Scores, profile: str, step: float, sps: int) -> Decoded:
     """Write with ddk's CacheWriter and read back with CacheReader."""
-    from ddk.cache.encoding import Encoding, id_dtype_for_vocab
-    from ddk.cache.store import CacheReader, CacheWriter
-    from ddk.cache.teacher.base import TeacherScores
+    from ddk.cache.store.encoding import Encoding, id_dtype_for_vocab
+    from ddk.cache.store.reader import CacheReader
+    from ddk.cache.store.writer import CacheWriter
+    from ddk.cache.teacher.backend import TeacherScores
 
     n, L = s.input_ids.shape
     k = s.topk_ids.shape[-1]
@@ -341,7 +342,7 @@ EXPLORATORY = (
 
 def write_exploratory(root: Path, s: Scores, e: Exploratory, step: float, sps: int,
                       table: np.ndarray) -> Decoded:
-    from ddk.cache.encoding import dequantize_logprobs, id_dtype_for_vocab, quantize_logprobs
+    from ddk.cache.store.encoding import dequantize_logprobs, id_dtype_for_vocab, quantize_logprobs
 
     id_dtype = id_dtype_for_vocab(s.vocab_size)
     codes = quantize_logprobs(s.topk_logprobs, step)
@@ -447,7 +448,7 @@ def bounds(s: Scores, step: float) -> dict[str, float]:
     They bound what an order-0 entropy coder could reach on these arrays; per-rank plug-in
     estimates are biased low when samples per rank are few (they are optimistic).
     """
-    from ddk.cache.encoding import quantize_logprobs
+    from ddk.cache.store.encoding import quantize_logprobs
 
     n, L = s.input_ids.shape
     T, k = s.topk_ids.shape[1:]
@@ -472,7 +473,7 @@ def bounds(s: Scores, step: float) -> dict[str, float]:
 # -- driver -----------------------------------------------------------------------------
 
 def run_k(s: Scores, k: int, table: np.ndarray, sps: int, tmp: Path, full: bool) -> list[Row]:
-    from ddk.cache.encoding import CODEC_PROFILES
+    from ddk.cache.store.encoding import CODEC_PROFILES
 
     sk = s.truncate(k)
     rows = []
@@ -497,7 +498,7 @@ def run_k(s: Scores, k: int, table: np.ndarray, sps: int, tmp: Path, full: bool)
 
 def self_check(s: Scores, sps: int, tmp: Path) -> None:
     """The script's own writer must store exactly what CacheWriter stores (same codecs)."""
-    from ddk.cache.encoding import codec_pipeline, id_dtype_for_vocab, quantize_logprobs
+    from ddk.cache.store.encoding import codec_pipeline, id_dtype_for_vocab, quantize_logprobs
 
     step, profile = 1 / 64, "blosc-shuffle"
     ddk = write_ddk_store(tmp / "check-ddk", s, profile, step, sps)
@@ -517,7 +518,7 @@ def codec_speed(s: Scores, step: float, reps: int = 5) -> str:
     Store writes/reads also pay zarr's own overhead (the same for every codec) and, on a
     shared machine, noise; this isolates what differs between the candidates.
     """
-    from ddk.cache.encoding import quantize_logprobs
+    from ddk.cache.store.encoding import quantize_logprobs
     from numcodecs import Blosc, Delta, PCodec, Zstd
 
     ids = s.topk_ids.astype(np.uint16 if s.vocab_size <= 65536 else np.int32)

@@ -21,9 +21,11 @@ import torch
 
 
 def main() -> None:
-    from ddk.cache.cache_job import CacheJobConfig, resolve_teacher_path, run_cache_job
-    from ddk.cache.demo_corpus import demo_domain_specs
-    from ddk.cache.packing import pack_domain
+    from ddk.cache.cache_job.config import CacheJobConfig
+    from ddk.cache.cache_job.run import run_cache_job
+    from ddk.cache.corpus.demo_corpus import demo_domain_specs
+    from ddk.cache.corpus.packing import pack_domain
+    from ddk.cache.teacher.model_dir import resolve_teacher_path
     from ddk.cache.teacher.transformers_backend import TransformersTeacher
     from transformers import AutoTokenizer
 

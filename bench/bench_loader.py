@@ -15,8 +15,8 @@ import argparse
 import json
 import time
 
-from ddk.cache.evaluate import open_cache
-from ddk.cache.sampler import DomainSampler, PrefetchLoader, read_plan
+from ddk.cache.train.evaluate import open_cache
+from ddk.cache.train.sampler import DomainSampler, PrefetchLoader, read_plan
 
 
 def _sampler(reader) -> DomainSampler:

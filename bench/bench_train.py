@@ -34,8 +34,9 @@ def make_student(teacher: str, layers: int, out: str) -> Path:
 
 def _run(cache: str, student: str, method: str, steps: int, skip: int, batch_size: int,
          grad_accum: int, device: str | None, run: Path) -> dict:
-    from ddk.cache.metrics import read_metrics
-    from ddk.cache.trainer import TrainConfig, train
+    from ddk.cache.train.config import TrainConfig
+    from ddk.cache.train.loop import train
+    from ddk.cache.train.metrics import read_metrics
 
     shutil.rmtree(run, ignore_errors=True)
     res = train(TrainConfig(cache=cache, student=student, out=str(run), method=method,

@@ -136,7 +136,7 @@ def plan_runs(p: Preset, natural: dict[str, float], teacher: str) -> list[RunSpe
 
 # -- stages ---------------------------------------------------------------------------------
 def domain_specs(corpus: Path) -> list[Any]:
-    from ddk.cache.corpus import DomainSpec
+    from ddk.cache.corpus.sources import DomainSpec
     from ddk.cache.errors import ConfigError
 
     files = sorted(corpus.glob("*.jsonl.gz")) + sorted(corpus.glob("*.jsonl"))
@@ -150,7 +150,7 @@ def natural_mixture(specs: list[Any], teacher: Path, out: Path) -> dict[str, flo
     path = out / "natural_mixture.json"
     if path.is_file():
         return json.loads(path.read_text())
-    from ddk.cache.corpus import iter_documents
+    from ddk.cache.corpus.sources import iter_documents
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(teacher)
@@ -165,7 +165,8 @@ def natural_mixture(specs: list[Any], teacher: Path, out: Path) -> dict[str, flo
 
 
 def build_cache(p: Preset, specs: list[Any], teacher: Path, out: Path, progress: bool) -> str:
-    from ddk.cache.cache_job import CacheJobConfig, run_cache_job
+    from ddk.cache.cache_job.config import CacheJobConfig
+    from ddk.cache.cache_job.run import run_cache_job
 
     job = run_cache_job(CacheJobConfig(
         output=str(out / "cache"), domains=specs, teacher=str(teacher), k=p.cache_k,
@@ -178,7 +179,8 @@ def build_student(p: Preset, teacher: Path, cache: str, skew: dict[str, float], 
                   progress: bool) -> Path:
     """Layer-pruned teacher, then `pretrain_steps` of CE on the skewed mix."""
     from ddk.cache.demo import derive_student
-    from ddk.cache.trainer import TrainConfig, train
+    from ddk.cache.train.config import TrainConfig
+    from ddk.cache.train.loop import train
 
     final = out / "student"
     if (final / "config.json").is_file():
@@ -197,7 +199,7 @@ def build_student(p: Preset, teacher: Path, cache: str, skew: dict[str, float], 
 
 def evaluate_test(model: Any, cache: str, p: Preset) -> list[dict[str, Any]]:
     """Per-domain perplexity on the held-out test sequences (after ddk's measuring set)."""
-    from ddk.cache.evaluate import evaluate_domains, open_cache
+    from ddk.cache.train.evaluate import evaluate_domains, open_cache
 
     reader = open_cache(cache)
     return [x.to_dict() for x in evaluate_domains(
@@ -208,7 +210,8 @@ def evaluate_test(model: Any, cache: str, p: Preset) -> list[dict[str, Any]]:
 def run_one(spec: RunSpec, p: Preset, cache: str, student: Path, out: Path,
             progress: bool) -> dict[str, Any]:
     """Train one run (or load its result if it finished before) and score the test set."""
-    from ddk.cache.trainer import TrainConfig, train
+    from ddk.cache.train.config import TrainConfig
+    from ddk.cache.train.loop import train
 
     run_dir = out / "runs" / spec.dirname
     result_file = run_dir / "test.json"
@@ -359,7 +362,7 @@ def plot(summary: dict[str, Any], records: dict[str, dict[str, Any]],
 
 # -- driver ---------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from ddk.cache.cache_job import resolve_teacher_path
+    from ddk.cache.teacher.model_dir import resolve_teacher_path
 
     p = PRESETS[args.preset]
     if args.seeds:
@@ -373,12 +376,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     corpus = Path(args.corpus) if args.corpus else (
         BENCH_CORPUS if BENCH_CORPUS.is_dir() else None)
     if corpus is None:
-        from ddk.cache.demo_corpus import demo_corpus_dir
+        from ddk.cache.corpus.demo_corpus import demo_corpus_dir
 
         corpus = demo_corpus_dir()
     specs = domain_specs(corpus)
     names = [s.name for s in specs]
-    from ddk.cache.ddk_weights import parse_weights
+    from ddk.cache.train.ddk_weights import parse_weights
 
     skew = (parse_weights(args.skew) if args.skew else
             {d: w for d, w in DEFAULT_SKEW.items() if d in names})
@@ -421,7 +424,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def _start_ratios(student: Path, cache: str, p: Preset) -> list[dict[str, Any]]:
     """The pre-trained student's held-out test ratios: the gaps every method starts from."""
-    from ddk.cache.evaluate import load_student, open_cache
+    from ddk.cache.train.evaluate import load_student, open_cache
 
     reader = open_cache(cache)
     model, _ = load_student(student, reader)

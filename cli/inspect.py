@@ -28,8 +28,8 @@ def inspect_cache(path: str, as_json: bool, verify: int, teacher: str | None, de
     bytes per token and per top-k entry, top-k probability mass, teacher loss and
     perplexity, missing shards; plus the layout. Works on unfinished stores too.
     """
-    from ddk.cache.inspect import format_report
-    from ddk.cache.inspect import inspect_cache as run_inspect
+    from ddk.cache.store.inspect import format_report
+    from ddk.cache.store.inspect import inspect_cache as run_inspect
 
     report = run_inspect(path, verify=verify, teacher=teacher, progress=not quiet,
                          device=device, dtype=dtype)

@@ -13,8 +13,8 @@ from typing import Any
 
 import click
 from click.core import ParameterSource
-from ddk.cache.encoding import CODEC_PROFILES, DEFAULT_CODEC_PROFILE, DEFAULT_LOGPROB_STEP
 from ddk.cache.errors import DDKError
+from ddk.cache.store.encoding import CODEC_PROFILES, DEFAULT_CODEC_PROFILE, DEFAULT_LOGPROB_STEP
 
 
 class DDKGroup(click.Group):
@@ -50,7 +50,7 @@ def merged_options(ctx: click.Context, config_path: Path | None, **given: Any) -
     """Command-line values win over the config file, which wins over click's defaults."""
     if config_path is None:
         return given
-    from ddk.cache.config import load_config, normalize_keys
+    from ddk.cache.cache_job.config_file import load_config, normalize_keys
 
     file_cfg = normalize_keys(load_config(config_path))
     out = dict(given)
@@ -121,9 +121,10 @@ def cache_teacher(ctx: click.Context, config_path: Path | None, **opts: Any) -> 
     Safe to interrupt: re-run the same command to continue; a finished store is left
     as it is. Several machines can fill one store with --num-workers/--worker-index.
     """
-    from ddk.cache.cache_job import CacheJobConfig, run_cache_job
-    from ddk.cache.config import domains_from_config, load_config
-    from ddk.cache.corpus import parse_domain_arg
+    from ddk.cache.cache_job.config import CacheJobConfig
+    from ddk.cache.cache_job.config_file import domains_from_config, load_config
+    from ddk.cache.cache_job.run import run_cache_job
+    from ddk.cache.corpus.sources import parse_domain_arg
 
     opts = merged_options(ctx, config_path, **opts)
     domains = [parse_domain_arg(a, opts["text_field"]) for a in opts.pop("domain_args")]

@@ -75,8 +75,9 @@ def train_student(as_json: bool, quiet: bool, grad_clip: float, **opts: Any) -> 
     checkpoint and exits with 128 + the signal number; --resume continues exactly there.
     Under torchrun it trains with DDP (nccl on GPU, gloo on CPU).
     """
-    from ddk.cache.ddk_weights import parse_weights
-    from ddk.cache.trainer import MIXTURES, TrainConfig, train
+    from ddk.cache.train.config import MIXTURES, TrainConfig
+    from ddk.cache.train.ddk_weights import parse_weights
+    from ddk.cache.train.loop import train
 
     if opts["mixture"] not in MIXTURES:
         opts["domain_weights"] = parse_weights(opts["mixture"])
@@ -124,7 +125,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
 def eval_model(model: str, cache: str, val_sequences: int, batch_size: int, device: str | None,
                bf16: bool | None, as_json: bool) -> None:
     """Per-domain validation perplexity of MODEL on the cache, and its ratio to the teacher."""
-    from ddk.cache.evaluate import evaluate_model
+    from ddk.cache.train.evaluate import evaluate_model
 
     rows = [p.to_dict() for p in evaluate_model(model, cache, max_sequences=val_sequences,
                                                 batch_size=batch_size, device=device,

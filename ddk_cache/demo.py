@@ -85,9 +85,12 @@ def derive_student(teacher_path: Path, out: Path, keep_layers: int) -> Path:
 
 def run_demo(cfg: DemoConfig) -> DemoResult:
     """Run every stage; each stage resumes/skips if its output already exists."""
-    from ddk.cache.cache_job import CacheJobConfig, resolve_teacher_path, run_cache_job
-    from ddk.cache.evaluate import evaluate_model
-    from ddk.cache.trainer import TrainConfig, train
+    from ddk.cache.cache_job.config import CacheJobConfig
+    from ddk.cache.cache_job.run import run_cache_job
+    from ddk.cache.teacher.model_dir import resolve_teacher_path
+    from ddk.cache.train.config import TrainConfig
+    from ddk.cache.train.evaluate import evaluate_model
+    from ddk.cache.train.loop import train
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

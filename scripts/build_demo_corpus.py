@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Rebuild the bundled demo corpus (ddk_cache/data/demo_corpus/*.jsonl.gz) from its sources,
+"""Rebuild the bundled demo corpus (ddk_cache/corpus/data/demo_corpus/*.jsonl.gz) from its sources,
 and the larger benchmark corpus (bench/data/corpus/*.jsonl.gz) from the same ones.
 
 A maintainer script, not run by the tests: it needs the network (Debian apt and PyPI),
@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import ClassVar
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = REPO / "ddk_cache" / "data" / "demo_corpus"
+DEFAULT_OUT = REPO / "ddk_cache" / "corpus" / "data" / "demo_corpus"
 
 # Raw UTF-8 text bytes per domain (the selection stops at the first document that reaches it).
 # The demo corpus uses the default; the benchmark corpus passes --budget (see the docstring).

@@ -97,7 +97,7 @@ def tiny_student_dir(tmp_path_factory) -> Path:
 
 
 def load_repo_script(relpath: str) -> ModuleType:
-    """Import a repository file that is not a package module (bench/, scripts/, test helpers).
+    """Import a repository file that is not a package module (bench/, scripts/).
 
     --import-mode=importlib gives tests no sibling or repo-root imports; the module is
     registered in sys.modules because dataclasses look their module up while it executes.
@@ -145,6 +145,7 @@ def repo_script():
 @pytest.fixture(scope="session")
 def train_cache(tmp_path_factory, tiny_teacher_dir) -> Path:
     """A small real teacher cache for the trainer / evaluate / CLI tests, built once
-    (by tests/cache/train_helpers.py)."""
-    helpers = load_repo_script("tests/cache/train_helpers.py")
-    return helpers.build_cache(tmp_path_factory.getbasetemp() / "ddk-train", tiny_teacher_dir)
+    (by tests/support/train_cache.py)."""
+    from support.train_cache import build_cache
+
+    return build_cache(tmp_path_factory.getbasetemp() / "ddk-train", tiny_teacher_dir)

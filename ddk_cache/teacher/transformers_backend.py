@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 from ddk.cache.errors import TeacherError
-from ddk.cache.teacher.base import TeacherScores
+from ddk.cache.teacher.backend import TeacherScores
 from ddk.cache.teacher.identity import teacher_identity
 from ddk.cache.teacher.topk import scores_from_logits
 

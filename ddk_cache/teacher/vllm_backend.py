@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 from ddk.cache.errors import BackendUnavailableError, TeacherError
-from ddk.cache.teacher.base import TeacherScores
+from ddk.cache.teacher.backend import TeacherScores
 from ddk.cache.teacher.identity import teacher_identity
 from ddk.cache.teacher.topk import tail_from_topk_logprobs
 

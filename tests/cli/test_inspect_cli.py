@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 from click.testing import CliRunner
-from ddk.cache.cache_job import CacheJobConfig, run_cache_job
-from ddk.cache.corpus import DomainSpec
+from ddk.cache.cache_job.config import CacheJobConfig
+from ddk.cache.cache_job.run import run_cache_job
+from ddk.cache.corpus.sources import DomainSpec
 from ddk.cli.main import cli
 
 

@@ -1,0 +1,164 @@
+"""Reading a cache store back by sequence (the read side: inspection, sampler, evaluation)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+from ddk.cache.errors import IncompleteCacheError, StoreError
+from ddk.cache.store.encoding import Encoding, dequantize_logprobs
+from ddk.cache.store.layout import (
+    FORMAT_VERSION,
+    META_KEY,
+    SPLITS,
+    local_path,
+    missing_shards,
+    zarr_target,
+)
+
+
+@dataclass(frozen=True)
+class CachedBatch:
+    """Sequences read back from the cache, as CPU tensors (see CacheReader.read)."""
+
+    input_ids: torch.Tensor      # int64 [B, L]
+    topk_ids: torch.Tensor       # int64 [B, L-1, k]
+    topk_logprobs: torch.Tensor  # float32 [B, L-1, k]
+    tail_logmass: torch.Tensor   # float32 [B, L-1]
+
+
+class CacheReader:
+    """Read access to a complete (or, with require_complete=False, partial) cache."""
+
+    def __init__(self, group: zarr.Group, meta: dict[str, Any], path: str) -> None:
+        self.group = group
+        self.meta = meta
+        self.path = path
+        self.encoding = Encoding.from_json(meta["encoding"])
+        self._arrays: dict[tuple[str, str, str], zarr.Array] = {}
+
+    @classmethod
+    def open(cls, path: str | Path, *, require_complete: bool = True) -> CacheReader:
+        path = str(path)
+        local = local_path(path)
+        if local is not None and not local.exists():
+            raise StoreError(f"no cache at {path}; build one with `ddk cache-teacher`")
+        try:
+            group = zarr.open_group(zarr_target(path), mode="r")
+        except (OSError, ValueError, FileNotFoundError) as e:
+            raise StoreError(f"{path} is not a Zarr store: {e}") from e
+        meta = group.attrs.get(META_KEY)
+        if meta is None:
+            raise StoreError(f"{path} is a Zarr store but not a ddk cache (no '{META_KEY}' "
+                             "metadata)")
+        if int(meta.get("format_version", -1)) > FORMAT_VERSION:
+            raise StoreError(f"{path} uses cache format {meta['format_version']}, newer than "
+                             f"this ddk understands ({FORMAT_VERSION}); upgrade ddk")
+        reader = cls(group, meta, path)
+        if require_complete and not meta.get("complete", False):
+            missing = reader.missing_shards()
+            detail = ", ".join(f"{d}/{s}: {len(v)} shards" for (d, s), v in missing.items())
+            raise IncompleteCacheError(
+                f"cache {path} is incomplete ({detail or 'not finalised'}); re-run the same "
+                "`ddk cache-teacher` command to finish it")
+        return reader
+
+    # -- metadata -----------------------------------------------------------------------
+    @property
+    def domains(self) -> list[str]:
+        return list(self.meta["domains"])
+
+    @property
+    def k(self) -> int:
+        return int(self.meta["k"])
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.meta["seq_len"])
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.meta["teacher"]["vocab_size"])
+
+    @property
+    def tokenizer_fingerprint(self) -> str:
+        return str(self.meta["tokenizer"]["fingerprint"])
+
+    @property
+    def teacher(self) -> dict[str, Any]:
+        return dict(self.meta["teacher"])
+
+    def _check(self, domain: str, split: str) -> None:
+        if domain not in self.meta["domains"]:
+            raise IncompleteCacheError(f"domain {domain!r} is not in cache {self.path}; "
+                                       f"it has: {', '.join(self.domains)}")
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+
+    def num_sequences(self, domain: str, split: str) -> int:
+        self._check(domain, split)
+        return int(self.meta["domains"][domain][f"{split}_sequences"])
+
+    def num_tokens(self, domain: str, split: str) -> int:
+        return self.num_sequences(domain, split) * self.seq_len
+
+    def chunk_sequences(self, domain: str, split: str) -> int:
+        return int(self.array(domain, split, "topk_ids").chunks[0])
+
+    def array(self, domain: str, split: str, name: str) -> zarr.Array:
+        key = (domain, split, name)
+        if key not in self._arrays:
+            self._check(domain, split)
+            self._arrays[key] = self.group[f"{domain}/{split}/{name}"]
+        return self._arrays[key]
+
+    def missing_shards(self) -> dict[tuple[str, str], list[int]]:
+        return missing_shards(self.group, self.domains)
+
+    def teacher_loss(self, domain: str, indices: Sequence[int] | None = None) -> float:
+        """Teacher mean CE per token (nats) on the validation split or a subset of it."""
+        self._check(domain, "validation")
+        if indices is None:
+            info = self.group[f"{domain}/validation"].attrs.get("teacher")
+            if info is None:
+                raise IncompleteCacheError(f"cache {self.path} has no teacher validation loss "
+                                           f"for {domain!r}; re-run `ddk cache-teacher`")
+            return float(info["loss"])
+        rows = self._read_rows(self.array(domain, "validation", "target_logprob"), indices)
+        return float(-rows.astype(np.float64).mean())
+
+    # -- data ---------------------------------------------------------------------------
+    @staticmethod
+    def _read_rows(arr: zarr.Array, indices: Sequence[int]) -> np.ndarray:
+        idx = np.asarray(indices, dtype=np.int64)
+        if idx.size == 0:
+            return np.empty((0,) + arr.shape[1:], dtype=arr.dtype)
+        order = np.argsort(idx, kind="stable")
+        uniq, inverse = np.unique(idx[order], return_inverse=True)
+        rows = arr.get_orthogonal_selection((uniq,) + (slice(None),) * (arr.ndim - 1))
+        out = np.empty((idx.size,) + rows.shape[1:], dtype=rows.dtype)
+        out[order] = rows[inverse]
+        return out
+
+    def read(self, domain: str, split: str, indices: Sequence[int]) -> CachedBatch:
+        """Sequences `indices` (any order, repeats allowed); reads only the chunks needed."""
+        n = self.num_sequences(domain, split)
+        idx = np.asarray(indices, dtype=np.int64)
+        if idx.size and (idx.min() < 0 or idx.max() >= n):
+            raise IndexError(f"{domain}/{split} has {n} sequences; got index {idx.max()}")
+        step = self.encoding.logprob_step
+
+        def rows(name: str) -> np.ndarray:
+            return self._read_rows(self.array(domain, split, name), idx)
+
+        return CachedBatch(
+            input_ids=torch.from_numpy(rows("input_ids").astype(np.int64)),
+            topk_ids=torch.from_numpy(rows("topk_ids").astype(np.int64)),
+            topk_logprobs=torch.from_numpy(dequantize_logprobs(rows("topk_logprobs"), step)),
+            tail_logmass=torch.from_numpy(dequantize_logprobs(rows("tail_logmass"), step)),
+        )
