@@ -15,7 +15,7 @@ import pytest
 from ddk.cache.corpus.demo_corpus import DEMO_DOMAINS, demo_corpus_dir, demo_domain_specs
 from ddk.cache.corpus.sources import DomainSpec, iter_documents, validate_domains
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 HARD_LIMIT_BYTES = 8_000_000  # all eight .jsonl.gz files together
 
 

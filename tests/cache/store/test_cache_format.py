@@ -22,7 +22,7 @@ from ddk.cache.corpus.sources import DomainSpec
 from ddk.cache.store.encoding import CODEC_PROFILES
 from ddk.cache.store.reader import CacheReader
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "cache-format.md"
+DOC = Path(__file__).resolve().parents[3] / "docs" / "cache-format.md"
 EXAMPLE_MARKER = "# ddk cache reader, format version 1"
 SEQ_LEN, K, PER_SHARD, N_VAL, N_TRAIN = 24, 8, 3, 2, 5
 
