@@ -30,7 +30,7 @@ import time
 import torch
 from ddk.kernels import fused_linear_sparse_kl_loss, sparse_kl_loss
 from ddk.kernels.reference import sparse_kl_loss_reference
-from ddk.kernels.teacher import prepare_teacher
+from ddk.kernels.target import prepare_teacher_target
 
 GiB = 1024**3
 
@@ -90,7 +90,7 @@ def copy_bandwidth(nbytes: int = 2 * GiB, reps: int = 20) -> float:
 
 
 def reference_loss(logits, ids, lp, tail, labels, kl_weight, ce_weight):
-    a, b = prepare_teacher(
+    a, b = prepare_teacher_target(
         lp,
         tail,
         vocab_size=logits.shape[1],

@@ -1,4 +1,10 @@
-"""Named exceptions for every user-facing failure of ddk.
+"""Named exceptions for every user-facing failure of ddk.cache.
+
+The root DDKError (and BackendUnavailableError, which ddk.kernels raises too) is defined in
+ddk.kernels.errors, the lowest layer, and re-exported here: one error root that every layer
+can import without reaching upward (zarr-python's model), so `except DDKError` catches the
+errors of ddk.cache and ddk.kernels alike. ddk.kernels.errors imports only the standard
+library, so importing this module stays torch-free.
 
 Each message says what was wrong and what to do; the CLI prints it as one line and exits
 non-zero. Anything that is not a DDKError is a bug in ddk, not a user error.
@@ -6,9 +12,18 @@ non-zero. Anything that is not a DDKError is a bug in ddk, not a user error.
 
 from __future__ import annotations
 
+from ddk.kernels.errors import BackendUnavailableError, DDKError
 
-class DDKError(Exception):
-    """Base class: a problem the user can fix (bad input, bad option, wrong environment)."""
+__all__ = [
+    "BackendUnavailableError",
+    "ConfigError",
+    "CorpusError",
+    "DDKError",
+    "IncompleteCacheError",
+    "StoreError",
+    "StoreMismatchError",
+    "TeacherError",
+]
 
 
 class CorpusError(DDKError):
@@ -21,10 +36,6 @@ class ConfigError(DDKError):
 
 class TeacherError(DDKError):
     """The teacher model cannot be loaded or cannot serve the requested k / seq_len."""
-
-
-class BackendUnavailableError(DDKError):
-    """A requested backend (e.g. vLLM) is not installed or cannot start here."""
 
 
 class StoreError(DDKError):

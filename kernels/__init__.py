@@ -7,10 +7,39 @@ Public API:
 
 CUDA tensors run Triton kernels; CPU tensors run a chunked PyTorch path with the same
 maths. See docs/kernels.md for the loss definition, gradient and numerics.
+
+The names are loaded on first use (PEP 562): importing ddk.kernels.errors, which holds the
+root of ddk's errors and is imported by the torch-free CLI startup, must not import torch.
 """
 
-from ddk.kernels.errors import SparseKLInputError
-from ddk.kernels.fused_linear import fused_linear_sparse_kl_loss
-from ddk.kernels.sparse_kl import sparse_kl_loss
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ddk.kernels.errors import SparseKLInputError
+    from ddk.kernels.fused_linear import fused_linear_sparse_kl_loss
+    from ddk.kernels.sparse_kl import sparse_kl_loss
+
+#: public name -> the module that defines it
+_EXPORTS = {
+    "SparseKLInputError": "ddk.kernels.errors",
+    "fused_linear_sparse_kl_loss": "ddk.kernels.fused_linear",
+    "sparse_kl_loss": "ddk.kernels.sparse_kl",
+}
 
 __all__ = ["SparseKLInputError", "fused_linear_sparse_kl_loss", "sparse_kl_loss"]
+
+
+def __getattr__(name: str) -> object:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -10,8 +10,7 @@ from __future__ import annotations
 import importlib.util
 
 import torch
-from ddk.cache.errors import BackendUnavailableError
-from ddk.kernels.errors import SparseKLInputError
+from ddk.kernels.errors import BackendUnavailableError, SparseKLInputError
 from ddk.kernels.torch_impl import sparse_kl_forward_torch
 
 BACKENDS = ("auto", "triton", "torch")

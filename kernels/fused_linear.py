@@ -14,13 +14,8 @@ from __future__ import annotations
 import torch
 from ddk.kernels.dispatch import forward_core, resolve_backend
 from ddk.kernels.errors import SparseKLInputError
-from ddk.kernels.options import (
-    LossOptions,
-    PreparedTargets,
-    combine_rows,
-    prepare_targets,
-    reduce_rows,
-)
+from ddk.kernels.inputs import LossOptions, PreparedTargets, prepare_targets
+from ddk.kernels.reduction import combine_rows, reduce_rows
 from ddk.kernels.sparse_kl import is_one
 
 # Aim for about this many bytes of logits per chunk (256 MiB): big enough for efficient
@@ -114,35 +109,11 @@ class FusedLinearSparseKLFunction(torch.autograd.Function):
         return grad_h, grad_w, None, None, None, None, None
 
 
-def fused_linear_sparse_kl_loss(
-    hidden: torch.Tensor,
-    lm_head_weight: torch.Tensor,
-    topk_ids: torch.Tensor,
-    topk_logprobs: torch.Tensor,
-    tail_logprob: torch.Tensor | None = None,
-    labels: torch.Tensor | None = None,
-    *,
-    kl_weight: float = 1.0,
-    ce_weight: float = 0.0,
-    temperature: float = 1.0,
-    ignore_index: int = -100,
-    tail: str = "bucket",
-    reduction: str = "mean",
-    chunk_rows: int | None = None,
-    weight_grad_fp32: bool = False,
-    validate: bool = True,
-    backend: str = "auto",
-) -> torch.Tensor:
-    """sparse_kl_loss(hidden @ lm_head_weight.T, ...) without materialising the N x V logits.
-
-    hidden [N, H] and lm_head_weight [V, H] share one float dtype and device; the logits
-    of each chunk are computed in that dtype (as the model's LM head would). Options as in
-    sparse_kl_loss except: reduction is "mean" or "sum" (per-row weights cannot be applied
-    to d/d(weight) after the fact), chunk_rows (default ~256 MiB of logits per chunk) and
-    weight_grad_fp32 (accumulate d/d(weight) across chunks in fp32 for 16-bit weights;
-    default False: accumulate in the weight dtype, one rounding per chunk).
-    No bias (LM heads of current models have none). Backward may run once per forward.
-    """
+def _check_fused_args(
+    hidden: torch.Tensor, lm_head_weight: torch.Tensor, reduction: str, chunk_rows: int | None
+) -> None:
+    """What only the fused variant checks (prepare_targets does the rest): hidden and weight
+    shapes, dtype and device, reduction, chunk_rows."""
     if hidden.dim() != 2 or lm_head_weight.dim() != 2:
         raise SparseKLInputError(
             f"hidden must be [N, H] and lm_head_weight [V, H]; got {tuple(hidden.shape)} and "
@@ -177,6 +148,38 @@ def fused_linear_sparse_kl_loss(
         )
     if chunk_rows is not None and (not isinstance(chunk_rows, int) or chunk_rows < 1):
         raise SparseKLInputError(f"chunk_rows must be a positive int, got {chunk_rows!r}")
+
+
+def fused_linear_sparse_kl_loss(
+    hidden: torch.Tensor,
+    lm_head_weight: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_logprobs: torch.Tensor,
+    tail_logprob: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    *,
+    kl_weight: float = 1.0,
+    ce_weight: float = 0.0,
+    temperature: float = 1.0,
+    ignore_index: int = -100,
+    tail: str = "bucket",
+    reduction: str = "mean",
+    chunk_rows: int | None = None,
+    weight_grad_fp32: bool = False,
+    validate: bool = True,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """sparse_kl_loss(hidden @ lm_head_weight.T, ...) without materialising the N x V logits.
+
+    hidden [N, H] and lm_head_weight [V, H] share one float dtype and device; the logits
+    of each chunk are computed in that dtype (as the model's LM head would). Options as in
+    sparse_kl_loss except: reduction is "mean" or "sum" (per-row weights cannot be applied
+    to d/d(weight) after the fact), chunk_rows (default ~256 MiB of logits per chunk) and
+    weight_grad_fp32 (accumulate d/d(weight) across chunks in fp32 for 16-bit weights;
+    default False: accumulate in the weight dtype, one rounding per chunk).
+    No bias (LM heads of current models have none). Backward may run once per forward.
+    """
+    _check_fused_args(hidden, lm_head_weight, reduction, chunk_rows)
     n, v = hidden.shape[0], lm_head_weight.shape[0]
     opts = LossOptions(kl_weight, ce_weight, temperature, ignore_index, tail, reduction)
     prep = prepare_targets(

@@ -4,7 +4,8 @@ This is the oracle the tests compare every backend against (run in float64), and
 "torch eager" / "torch.compile" baseline of the benchmark. It materialises several
 [N, V] tensors and lets autograd derive the gradient, so it is neither fast nor lean:
 use ddk.kernels.sparse_kl_loss for training. It takes *prepared* teacher log-probs
-(a, b) from ddk.kernels.teacher.prepare_teacher so the teacher maths lives in one place.
+(a, b) from ddk.kernels.target.prepare_teacher_target so the teacher maths lives in one
+place.
 """
 
 from __future__ import annotations

@@ -9,13 +9,8 @@ from __future__ import annotations
 
 import torch
 from ddk.kernels.dispatch import forward_core, resolve_backend, rows_ok_for_kernel, scale_grad_
-from ddk.kernels.options import (
-    LossOptions,
-    PreparedTargets,
-    combine_rows,
-    prepare_targets,
-    reduce_rows,
-)
+from ddk.kernels.inputs import LossOptions, PreparedTargets, prepare_targets
+from ddk.kernels.reduction import combine_rows, reduce_rows
 from ddk.kernels.validate import check_logits
 
 _REUSE_MSG = (

@@ -24,6 +24,8 @@ REDUCTIONS = ("mean", "sum", "none")
 _LOGPROB_MAX = 1e-3
 # |sum_i p_i + p_tail - 1| allowed in tail="bucket" mode (fp16 storage of log-probs).
 _MASS_TOL = 1e-2
+# A value check: a bool mask, [N] or [N, k], True where a row breaks the rule; its message.
+_Check = tuple[torch.Tensor, str]
 
 
 def _err(msg: str) -> SparseKLInputError:
@@ -135,9 +137,28 @@ def check_values(
 ) -> None:
     """Data checks on active rows, one host sync in the good case; raise on the first failure."""
     ids = topk_ids.long()
+    checks = _id_checks(ids, active, vocab_size)
+    checks += _logprob_checks(
+        topk_logprobs,
+        tail_logprob,
+        active,
+        tail_bucket=tail == "bucket" and ids.shape[1] < vocab_size,
+    )
+    if labels is not None:
+        lab = labels.long()
+        checks.append(
+            (
+                active & ((lab < 0) | (lab >= vocab_size)),
+                f"labels has values outside [0, {vocab_size}) that are not ignore_index={ignore_index}",
+            )
+        )
+    _raise_first_failure(checks)
+
+
+def _id_checks(ids: torch.Tensor, active: torch.Tensor, vocab_size: int) -> list[_Check]:
+    """Cached ids inside the vocabulary, no id twice in a row."""
     act = active.unsqueeze(-1)
-    lp = topk_logprobs.float()
-    checks: list[tuple[torch.Tensor, str]] = []
+    checks: list[_Check] = []
     checks.append(
         (
             ((ids < 0) | (ids >= vocab_size)) & act,
@@ -152,6 +173,24 @@ def check_values(
                 "topk_ids has a duplicate id within a row; each cached id must appear once per row",
             )
         )
+    return checks
+
+
+def _logprob_checks(
+    topk_logprobs: torch.Tensor,
+    tail_logprob: torch.Tensor | None,
+    active: torch.Tensor,
+    *,
+    tail_bucket: bool,
+) -> list[_Check]:
+    """Teacher log-probs that are log-probs: no NaN, none > 0, mass 1 (bucket) or <= 1, not 0.
+
+    tail_bucket: the tail is a bucket of its own (tail="bucket" and k < V), so the cached
+    mass plus the tail's must be 1.
+    """
+    act = active.unsqueeze(-1)
+    lp = topk_logprobs.float()
+    checks: list[_Check] = []
     checks.append((torch.isnan(lp) & act, "topk_logprobs contains NaN"))
     checks.append(
         (
@@ -170,7 +209,7 @@ def check_values(
         checks.append(
             ((tl_ > _LOGPROB_MAX) & active, "tail_logprob has values > 0 (+inf or not a log-prob)")
         )
-        if tail == "bucket" and ids.shape[1] < vocab_size:
+        if tail_bucket:
             mass = p_sum + torch.exp(tl_.clamp(max=0.0))
             checks.append(
                 (
@@ -191,14 +230,11 @@ def check_values(
     checks.append(
         ((mass == 0) & active, "a row's teacher has zero probability mass (all log-probs -inf)")
     )
-    if labels is not None:
-        lab = labels.long()
-        checks.append(
-            (
-                active & ((lab < 0) | (lab >= vocab_size)),
-                f"labels has values outside [0, {vocab_size}) that are not ignore_index={ignore_index}",
-            )
-        )
+    return checks
+
+
+def _raise_first_failure(checks: list[_Check]) -> None:
+    """Reduce every check on the device, fetch them with one sync, raise on the first failure."""
     flags = torch.stack([c if c.dim() == 1 else c.any(-1) for c, _ in checks])  # [C, N]
     bad = flags.any(-1).tolist()  # the one sync
     for (_, msg), (is_bad, row_flags) in zip(checks, zip(bad, flags)):

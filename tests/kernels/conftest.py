@@ -101,13 +101,13 @@ def _make_case(
 def _oracle(case: dict, *, tail_given: bool = True, labels: bool = True, **opts) -> tuple:
     """float64 loss and d(loss)/d(logits) from the naive autograd formula."""
     from ddk.kernels.reference import sparse_kl_loss_reference
-    from ddk.kernels.teacher import prepare_teacher
+    from ddk.kernels.target import prepare_teacher_target
 
     z = case["logits"].detach().double().cpu().requires_grad_()
     lab = case["labels"].cpu() if labels else None
     ignore_index = opts.get("ignore_index", -100)
     active = lab != ignore_index if lab is not None else None
-    a, b = prepare_teacher(
+    a, b = prepare_teacher_target(
         case["lp"].cpu(),
         case["tail"].cpu() if tail_given else None,
         vocab_size=z.shape[1],

@@ -114,9 +114,9 @@ def test_reductions_and_grad_output(backend, reduction, make_case, oracle, reler
     zr = case["logits"].double().cpu().requires_grad_()
     ref_loss, _ = oracle(case, **dict(opts))
     from ddk.kernels.reference import sparse_kl_loss_reference
-    from ddk.kernels.teacher import prepare_teacher
+    from ddk.kernels.target import prepare_teacher_target
 
-    a, b = prepare_teacher(
+    a, b = prepare_teacher_target(
         case["lp"].cpu(),
         case["tail"].cpu(),
         vocab_size=30,

@@ -1,11 +1,11 @@
-"""Teacher preparation: tail from top-k, tempering of the coarsened teacher, renorm."""
+"""Teacher target preparation: tail from top-k, tempering of the coarsened teacher, renorm."""
 
 from __future__ import annotations
 
 from decimal import Decimal, getcontext
 
 import torch
-from ddk.kernels.teacher import log1mexp, prepare_teacher, tail_from_topk
+from ddk.kernels.target import log1mexp, prepare_teacher_target, tail_from_topk
 
 
 def test_log1mexp_accurate_at_both_ends():
@@ -38,7 +38,7 @@ def _teacher(seed=0):
 
 def test_bucket_t1_keeps_teacher_unscaled():
     vals, tail = _teacher()
-    a, b = prepare_teacher(
+    a, b = prepare_teacher_target(
         vals, tail, vocab_size=30, temperature=1.0, tail="bucket", active=None, dtype=torch.float64
     )
     assert torch.equal(a, vals) and torch.equal(b, tail)
@@ -47,7 +47,7 @@ def test_bucket_t1_keeps_teacher_unscaled():
 def test_bucket_tempered_is_a_distribution_with_exact_cached_ratios():
     vals, tail = _teacher()
     T = 2.0
-    a, b = prepare_teacher(
+    a, b = prepare_teacher_target(
         vals, tail, vocab_size=30, temperature=T, tail="bucket", active=None, dtype=torch.float64
     )
     total = torch.exp(a).sum(-1) + torch.exp(b)
@@ -60,7 +60,7 @@ def test_bucket_tempered_is_a_distribution_with_exact_cached_ratios():
 
 def test_renorm_drops_tail_and_sums_to_one():
     vals, tail = _teacher()
-    a, b = prepare_teacher(
+    a, b = prepare_teacher_target(
         vals, tail, vocab_size=30, temperature=1.0, tail="renorm", active=None, dtype=torch.float64
     )
     assert torch.allclose(torch.exp(a).sum(-1), torch.ones(4, dtype=torch.float64), atol=1e-12)
@@ -71,7 +71,7 @@ def test_inactive_rows_are_neutralised():
     vals, tail = _teacher()
     vals[1] = float("nan")
     active = torch.tensor([True, False, True, True])
-    a, b = prepare_teacher(
+    a, b = prepare_teacher_target(
         vals,
         tail,
         vocab_size=30,

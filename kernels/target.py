@@ -1,7 +1,7 @@
-"""Teacher-side preparation: turn cached top-k log-probs (+ tail) into the coarsened target.
+"""The teacher side of the loss target: cached top-k log-probs (+ tail) -> coarsened target.
 
 Every backend (Triton, chunked PyTorch, the float64 oracle) receives the same prepared
-teacher: `a` [N, k] = log p_i of the k cached tokens and `b` [N] = log p_tail of the tail
+target: `a` [N, k] = log p_i of the k cached tokens and `b` [N] = log p_tail of the tail
 bucket, already tempered and (for tail="renorm") renormalised. The tensors are tiny
 (N x k), so this is plain PyTorch. See docs/kernels.md for the maths.
 """
@@ -26,7 +26,7 @@ def tail_from_topk(topk_logprobs: torch.Tensor) -> torch.Tensor:
     return log1mexp(torch.logsumexp(topk_logprobs, dim=-1))
 
 
-def prepare_teacher(
+def prepare_teacher_target(
     topk_logprobs: torch.Tensor,
     tail_logprob: torch.Tensor | None,
     *,

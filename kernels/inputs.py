@@ -1,11 +1,17 @@
-"""Loss options and the input preparation shared by sparse_kl_loss and the fused LM-head loss."""
+"""Loss options, and the validation + preparation of the loss inputs shared by both losses.
+
+prepare_targets checks the options and the teacher/label tensors against the logits' [N, V]
+and turns them into PreparedTargets: the prepared teacher target (target.py), the active
+rows and the reduction scale, ready for any backend. Used by sparse_kl_loss and
+fused_linear_sparse_kl_loss.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
-from ddk.kernels.teacher import prepare_teacher
+from ddk.kernels.target import prepare_teacher_target
 from ddk.kernels.torch_impl import compute_dtype
 from ddk.kernels.validate import check_options, check_targets, check_values
 
@@ -49,7 +55,7 @@ def prepare_targets(
     validate: bool,
     logits_name: str = "student_logits",
 ) -> PreparedTargets:
-    """Validate everything (values only if `validate`) and build the prepared teacher."""
+    """Validate everything (values only if `validate`) and build the prepared teacher target."""
     check_options(
         kl_weight=opts.kl_weight,
         ce_weight=opts.ce_weight,
@@ -77,7 +83,7 @@ def prepare_targets(
             tail=opts.tail,
         )
     cd = compute_dtype(logits_dtype)
-    a, b = prepare_teacher(
+    a, b = prepare_teacher_target(
         topk_logprobs,
         tail_logprob,
         vocab_size=v,
@@ -92,21 +98,3 @@ def prepare_targets(
     else:
         row_scale = torch.ones((), dtype=cd, device=device)
     return PreparedTargets(topk_ids, a, b, labels, active, row_scale, n_active)
-
-
-def combine_rows(kl: torch.Tensor, ce: torch.Tensor, opts: LossOptions) -> torch.Tensor:
-    """kl_weight * T^2 * kl + ce_weight * ce per row (ignored rows are already 0)."""
-    rows = kl * (opts.kl_weight * opts.temperature**2)
-    if opts.ce_weight > 0:
-        rows = rows + opts.ce_weight * ce
-    return rows
-
-
-def reduce_rows(rows: torch.Tensor, prep: PreparedTargets, opts: LossOptions) -> torch.Tensor:
-    """Apply the reduction: mean over active rows (0 if none), sum, or none."""
-    if opts.reduction == "none":
-        return rows
-    total = rows.sum()
-    if opts.reduction == "mean":
-        total = total * prep.row_scale.to(total.dtype)
-    return total
