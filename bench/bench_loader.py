@@ -15,8 +15,8 @@ import argparse
 import json
 import time
 
-from ddk.cache.train.evaluate import open_cache
 from ddk.cache.train.sampler import DomainSampler, PrefetchLoader, read_plan
+from ddk.cache.train.training_cache import open_cache
 
 
 def _sampler(reader) -> DomainSampler:

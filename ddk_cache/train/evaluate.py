@@ -6,8 +6,9 @@ teacher's loss on exactly those sequences comes from the cache, so the ratio com
 like. Under DDP each rank scores a strided share and the (loss sum, token count) pairs are
 all-reduced, so every rank gets the same perplexities (and hence the same domain weights).
 
-Also here: opening a cache for training/eval with its checks, and loading a student with the
-student-vs-cache compatibility checks (tokenizer fingerprint, vocab size, max positions).
+`evaluate_model` is `ddk eval`: it opens the cache (training_cache.py), loads the model with
+the student-vs-cache checks (student.py) and resolves device and bf16 as the trainer does
+(device.py).
 """
 
 from __future__ import annotations
@@ -19,15 +20,15 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from ddk.cache.errors import ConfigError, IncompleteCacheError
+from ddk.cache.errors import ConfigError
+from ddk.cache.train.device import resolve_autocast, resolve_device
+from ddk.cache.train.student import load_student
+from ddk.cache.train.training_cache import open_cache
 
 __all__ = [
     "DomainPerplexity",
-    "check_student",
     "evaluate_domains",
     "evaluate_model",
-    "load_student",
-    "open_cache",
     "validation_indices",
 ]
 
@@ -47,79 +48,6 @@ class DomainPerplexity:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def open_cache(path: str | Path) -> Any:
-    """Open a complete cache and check it has train and validation data for every domain."""
-    from ddk.cache.store.reader import CacheReader
-
-    reader = CacheReader.open(str(path))  # IncompleteCacheError / StoreError on its own
-    if not reader.domains:
-        raise IncompleteCacheError(f"cache {path} has no domains; rebuild it with "
-                                   "`ddk cache-teacher` on a corpus with at least one domain")
-    for d in reader.domains:
-        for split in ("train", "validation"):
-            try:
-                reader.array(d, split, "input_ids")
-            except KeyError as e:
-                raise IncompleteCacheError(
-                    f"cache {path} lists domain {d!r} but its {split} data is missing from the "
-                    "store; re-run `ddk cache-teacher` to rebuild it") from e
-            if reader.num_sequences(d, split) <= 0:
-                raise IncompleteCacheError(
-                    f"domain {d!r} in cache {path} has no {split} sequences; DDK needs both "
-                    "splits for every domain: add text to it or drop it and rebuild the cache")
-        try:
-            reader.teacher_loss(d)  # IncompleteCacheError if the teacher val loss is missing
-        except KeyError as e:
-            raise IncompleteCacheError(f"cache {path} has no teacher validation data for {d!r}; "
-                                       "re-run `ddk cache-teacher` to rebuild it") from e
-    return reader
-
-
-def check_student(model_config: Any, tokenizer: Any, reader: Any, name: str = "student") -> None:
-    """One clear ConfigError if a model cannot be trained/evaluated against this cache."""
-    from ddk.cache.teacher.identity import tokenizer_fingerprint
-
-    fp = tokenizer_fingerprint(tokenizer)
-    if fp != reader.tokenizer_fingerprint:
-        raise ConfigError(
-            f"the {name}'s tokenizer differs from the one the cache was built with "
-            f"(fingerprint {fp[:12]} vs {reader.tokenizer_fingerprint[:12]}): token ids would "
-            "mean different text. Use a model that shares the teacher's tokenizer/vocabulary")
-    vocab = int(getattr(model_config, "vocab_size", 0) or 0)
-    if vocab < reader.vocab_size:
-        raise ConfigError(
-            f"the {name}'s output vocabulary ({vocab}) is smaller than the teacher's "
-            f"({reader.vocab_size}): teacher top-k ids could fall outside it. A student vocab "
-            "equal to or padded larger than the teacher's is required")
-    max_pos = getattr(model_config, "max_position_embeddings", None)
-    if max_pos is not None and reader.seq_len > int(max_pos):
-        raise ConfigError(
-            f"the cache's sequences have {reader.seq_len} tokens but the {name} supports at "
-            f"most {max_pos} positions; rebuild the cache with --seq-len <= {max_pos}")
-
-
-def load_student(path: str | Path, reader: Any, *, name: str = "student") -> tuple[Any, Any]:
-    """Load a local transformers causal LM + tokenizer (float32), checked against the cache."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    p = Path(path)
-    if not (p.is_dir() and (p / "config.json").exists()):
-        raise ConfigError(f"{name} {path} is not a local transformers model directory "
-                          "(no config.json); pass a save_pretrained directory")
-    try:
-        config = AutoConfig.from_pretrained(p, local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(p, local_files_only=True)
-    except (OSError, ValueError, KeyError) as e:
-        raise ConfigError(f"cannot load the {name}'s config/tokenizer from {path}: {e}") from e
-    check_student(config, tokenizer, reader, name)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(p, local_files_only=True,
-                                                     dtype=torch.float32)
-    except (OSError, ValueError, KeyError) as e:
-        raise ConfigError(f"cannot load the {name} model from {path}: {e}") from e
-    return model, tokenizer
 
 
 def validation_indices(reader: Any, domain: str, max_sequences: int, first: int = 0) -> list[int]:
@@ -198,11 +126,9 @@ def evaluate_model(model_path: str | Path, cache_path: str | Path, *, max_sequen
                    bf16: bool | None = None) -> list[DomainPerplexity]:
     """`ddk eval`: load any local causal LM, check it against the cache, score every domain."""
     reader = open_cache(cache_path)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if bf16 and dev.type != "cuda":
-        raise ConfigError("--bf16 needs a CUDA device; drop it on CPU")
-    use_bf16 = dev.type == "cuda" and torch.cuda.is_bf16_supported() if bf16 is None else bf16
+    dev = resolve_device(device)
+    amp = resolve_autocast(bf16, dev)
     model, _ = load_student(model_path, reader, name="model")
     model.to(dev)
     return evaluate_domains(model, reader, max_sequences=max_sequences, batch_size=batch_size,
-                            device=dev, autocast_dtype=torch.bfloat16 if use_bf16 else None)
+                            device=dev, autocast_dtype=amp)

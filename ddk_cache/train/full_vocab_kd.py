@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from ddk.cache.errors import ConfigError
+from ddk.cache.train.student import load_student
 
 __all__ = ["full_vocab_kd_loss", "load_online_teacher"]
 
@@ -26,7 +27,6 @@ def load_online_teacher(path: str | Path, reader: Any, device: torch.device) -> 
     top-k the cache holds, or the comparison measures a different teacher, not the cache.
     """
     from ddk.cache.teacher.identity import weights_fingerprint
-    from ddk.cache.train.evaluate import load_student
 
     expected = reader.teacher.get("weights_fingerprint")
     found = weights_fingerprint(Path(path)) if Path(path).is_dir() else None

@@ -21,7 +21,9 @@ def _variant(src: Path, dst: Path, **config_changes) -> Path:
 
 
 def test_perplexities_match_a_direct_computation(train_cache, tiny_student_dir):
-    from ddk.cache.train.evaluate import evaluate_domains, load_student, open_cache
+    from ddk.cache.train.evaluate import evaluate_domains
+    from ddk.cache.train.student import load_student
+    from ddk.cache.train.training_cache import open_cache
 
     reader = open_cache(train_cache)
     model, _ = load_student(tiny_student_dir, reader)
@@ -40,7 +42,9 @@ def test_perplexities_match_a_direct_computation(train_cache, tiny_student_dir):
 
 
 def test_val_sequences_are_capped_and_batching_does_not_matter(train_cache, tiny_student_dir):
-    from ddk.cache.train.evaluate import evaluate_domains, load_student, open_cache
+    from ddk.cache.train.evaluate import evaluate_domains
+    from ddk.cache.train.student import load_student
+    from ddk.cache.train.training_cache import open_cache
 
     reader = open_cache(train_cache)
     model, _ = load_student(tiny_student_dir, reader)
@@ -85,7 +89,7 @@ def _break_cache(src: Path, dst: Path, how: str) -> Path:
 ])
 def test_broken_caches_raise_incomplete_cache_error(train_cache, tmp_path, how, match):
     from ddk.cache.errors import IncompleteCacheError
-    from ddk.cache.train.evaluate import open_cache
+    from ddk.cache.train.training_cache import open_cache
 
     broken = _break_cache(train_cache, tmp_path / "broken", how)
     with pytest.raises(IncompleteCacheError, match=match):
@@ -94,7 +98,7 @@ def test_broken_caches_raise_incomplete_cache_error(train_cache, tmp_path, how, 
 
 def test_not_a_cache_raises_store_error(tmp_path):
     from ddk.cache.errors import StoreError
-    from ddk.cache.train.evaluate import open_cache
+    from ddk.cache.train.training_cache import open_cache
 
     with pytest.raises(StoreError):
         open_cache(tmp_path / "nothing-here")
@@ -102,7 +106,8 @@ def test_not_a_cache_raises_store_error(tmp_path):
 
 def test_student_with_other_tokenizer_is_refused(train_cache, tiny_student_dir, tmp_path):
     from ddk.cache.errors import ConfigError
-    from ddk.cache.train.evaluate import load_student, open_cache
+    from ddk.cache.train.student import load_student
+    from ddk.cache.train.training_cache import open_cache
     from transformers import AutoTokenizer
 
     other = _variant(tiny_student_dir, tmp_path / "other-tok")
@@ -115,7 +120,8 @@ def test_student_with_other_tokenizer_is_refused(train_cache, tiny_student_dir, 
 
 def test_student_vocab_smaller_than_teacher_is_refused(train_cache, tiny_student_dir, tmp_path):
     from ddk.cache.errors import ConfigError
-    from ddk.cache.train.evaluate import load_student, open_cache
+    from ddk.cache.train.student import load_student
+    from ddk.cache.train.training_cache import open_cache
     from transformers import AutoModelForCausalLM
 
     reader = open_cache(train_cache)
@@ -129,7 +135,9 @@ def test_student_vocab_smaller_than_teacher_is_refused(train_cache, tiny_student
 
 
 def test_student_vocab_padded_larger_is_accepted(train_cache, tiny_student_dir, tmp_path):
-    from ddk.cache.train.evaluate import evaluate_domains, load_student, open_cache
+    from ddk.cache.train.evaluate import evaluate_domains
+    from ddk.cache.train.student import load_student
+    from ddk.cache.train.training_cache import open_cache
     from transformers import AutoModelForCausalLM
 
     reader = open_cache(train_cache)
@@ -146,7 +154,8 @@ def test_student_vocab_padded_larger_is_accepted(train_cache, tiny_student_dir, 
 
 def test_seq_len_beyond_student_positions_is_refused(train_cache, tiny_student_dir, tmp_path):
     from ddk.cache.errors import ConfigError
-    from ddk.cache.train.evaluate import load_student, open_cache
+    from ddk.cache.train.student import load_student
+    from ddk.cache.train.training_cache import open_cache
 
     short = _variant(tiny_student_dir, tmp_path / "short", max_position_embeddings=16)
     with pytest.raises(ConfigError, match="at most 16 positions"):
@@ -155,7 +164,8 @@ def test_seq_len_beyond_student_positions_is_refused(train_cache, tiny_student_d
 
 def test_not_a_model_dir_is_refused(train_cache, tmp_path):
     from ddk.cache.errors import ConfigError
-    from ddk.cache.train.evaluate import load_student, open_cache
+    from ddk.cache.train.student import load_student
+    from ddk.cache.train.training_cache import open_cache
 
     with pytest.raises(ConfigError, match="not a local transformers model directory"):
         load_student(tmp_path, open_cache(train_cache))

@@ -103,8 +103,8 @@ def test_ddk_run_writes_outputs_and_applies_the_ddk_updates(train_cache, tiny_st
 
 def test_kd_and_cpt_keep_a_fixed_mixture_and_cpt_is_ce_only(train_cache, tiny_student_dir,
                                                             tmp_path):
-    from ddk.cache.train.evaluate import open_cache
     from ddk.cache.train.loop import train
+    from ddk.cache.train.training_cache import open_cache
 
     reader = open_cache(train_cache)
     tokens = [reader.num_tokens(d, "train") for d in reader.domains]
@@ -147,7 +147,7 @@ def test_student_with_padded_vocab_trains(train_cache, tiny_student_dir, tmp_pat
 
 
 def test_lr_schedule():
-    from ddk.cache.train.loop import lr_at
+    from ddk.cache.train.step import lr_at
 
     lrs = [lr_at(s, max_steps=100, warmup=10, lr=3e-5, min_lr=3e-6) for s in range(101)]
     assert lrs[0] == pytest.approx(3e-5 / 11) and lrs[9] == pytest.approx(3e-5 * 10 / 11)
@@ -160,9 +160,10 @@ def test_lr_schedule():
 # -- the loss path ---------------------------------------------------------------------------
 @pytest.mark.parametrize("method", ["ddk", "cpt"])
 def test_micro_loss_matches_a_hand_written_ce_plus_kl(train_cache, tiny_student_dir, method):
-    from ddk.cache.train.evaluate import load_student, open_cache
-    from ddk.cache.train.loop import _micro_loss
     from ddk.cache.train.sampler import DomainSampler, read_plan
+    from ddk.cache.train.step import micro_loss
+    from ddk.cache.train.student import load_student
+    from ddk.cache.train.training_cache import open_cache
 
     reader = open_cache(train_cache)
     batch = read_plan(reader, reader.domains,
@@ -171,7 +172,7 @@ def test_micro_loss_matches_a_hand_written_ce_plus_kl(train_cache, tiny_student_
     cfg = _cfg(train_cache, tiny_student_dir, "unused", method=method, gamma=0.3,
                temperature=2.0)
     model, _ = load_student(tiny_student_dir, reader)
-    loss, ce, kl = _micro_loss(model, batch, cfg, torch.device("cpu"), None)
+    loss, ce, kl = micro_loss(model, batch, cfg, torch.device("cpu"), None)
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
@@ -351,7 +352,9 @@ print("RANK_DONE", os.environ["RANK"], res.steps, flush=True)
 
 @pytest.mark.slow
 def test_ddp_two_gloo_processes(train_cache, tiny_student_dir, tmp_path):
-    from ddk.cache.train.evaluate import evaluate_domains, load_student, open_cache
+    from ddk.cache.train.evaluate import evaluate_domains
+    from ddk.cache.train.student import load_student
+    from ddk.cache.train.training_cache import open_cache
 
     out = tmp_path / "run"
     script = tmp_path / "ddp_train.py"

@@ -4,7 +4,7 @@
 - truncate_topk == a top-k' built directly from the full distribution;
 - explicit_weights / parse_weights and the CLI's --kd-mixture DOMAIN=W;
 - wiring of kd_tail / kd_topk / online_teacher: the step-0 kl a run logs equals the KL of the
-  variant recomputed here in float64 from the very batch the run drew (spied on _micro_loss);
+  variant recomputed here in float64 from the very batch the run drew (spied on micro_loss);
 - evaluate_domains(first=...) scores the validation sequences from `first` on.
 """
 
@@ -107,7 +107,7 @@ def test_full_vocab_loss_refuses_a_student_narrower_than_the_teacher():
 # -- 2. truncate_topk --------------------------------------------------------------------------
 @pytest.mark.parametrize("k_new", [1, 3, 10])
 def test_truncate_topk_equals_a_topk_built_directly(k_new):
-    from ddk.cache.train.loop import truncate_topk
+    from ddk.cache.train.step import truncate_topk
 
     g = torch.Generator().manual_seed(k_new)
     n, v, k = 6, 50, 10
@@ -129,7 +129,7 @@ def test_truncate_topk_equals_a_topk_built_directly(k_new):
 
 
 def test_truncate_topk_in_float32_from_the_full_vocab_keeps_the_mass():
-    from ddk.cache.train.loop import truncate_topk
+    from ddk.cache.train.step import truncate_topk
 
     lp, ids = torch.log_softmax(torch.randn(4, 30) * 2, dim=-1).sort(dim=-1, descending=True)
     tail = torch.full((4,), float("-inf"))  # k == V: nothing in the tail
@@ -203,24 +203,24 @@ def _records(out: Path, kind: str) -> list[dict]:
 
 @pytest.fixture
 def drawn(monkeypatch) -> list:
-    """Every micro-batch the trainer computes a loss on, in order (a spy on _micro_loss)."""
-    from ddk.cache import trainer
+    """Every micro-batch the trainer computes a loss on, in order (a spy on micro_loss)."""
+    from ddk.cache.train import step
 
-    seen, real = [], trainer._micro_loss
+    seen, real = [], step.micro_loss
 
     def spy(model, batch, cfg, device, amp, teacher=None):
         seen.append(batch)
         return real(model, batch, cfg, device, amp, teacher)
 
-    monkeypatch.setattr(trainer, "_micro_loss", spy)
+    monkeypatch.setattr(step, "micro_loss", spy)
     return seen
 
 
 # -- 4. explicit mixtures ----------------------------------------------------------------------
 def test_domain_weights_sample_only_the_named_domain(train_cache, tiny_student_dir, tmp_path,
                                                      drawn):
-    from ddk.cache.train.evaluate import open_cache
     from ddk.cache.train.loop import train
+    from ddk.cache.train.training_cache import open_cache
 
     domains = open_cache(train_cache).domains
     pick = domains[1]  # not the first one, so an index mix-up cannot pass
@@ -301,7 +301,7 @@ def _full_kl(z, t_logits):
 
 
 def _logits(model_dir, reader, ids):
-    from ddk.cache.train.evaluate import load_student
+    from ddk.cache.train.student import load_student
 
     model, _ = load_student(model_dir, reader)
     with torch.no_grad():
@@ -310,8 +310,8 @@ def _logits(model_dir, reader, ids):
 
 def test_kd_variants_log_the_kl_of_their_own_target(train_cache, tiny_student_dir,
                                                     tiny_teacher_dir, tmp_path, drawn):
-    from ddk.cache.train.evaluate import open_cache
     from ddk.cache.train.loop import train
+    from ddk.cache.train.training_cache import open_cache
 
     reader = open_cache(train_cache)
     variants = {"bucket": {}, "renorm": {"kd_tail": "renorm"}, "top2": {"kd_topk": 2},
@@ -355,8 +355,8 @@ def test_kd_variants_log_the_kl_of_their_own_target(train_cache, tiny_student_di
 
 def test_kd_topk_above_the_cache_k_is_an_error(train_cache, tiny_student_dir, tmp_path):
     from ddk.cache.errors import ConfigError
-    from ddk.cache.train.evaluate import open_cache
     from ddk.cache.train.loop import train
+    from ddk.cache.train.training_cache import open_cache
 
     k = open_cache(train_cache).k
     with pytest.raises(ConfigError, match="--kd-topk"):
@@ -394,7 +394,9 @@ def test_online_teacher_must_be_the_cache_teacher(train_cache, tiny_student_dir,
 # -- 7. held-out evaluation offset -------------------------------------------------------------
 def test_evaluate_domains_from_first_scores_the_later_sequences(train_cache, tiny_student_dir):
     from ddk.cache.errors import ConfigError
-    from ddk.cache.train.evaluate import evaluate_domains, load_student, open_cache
+    from ddk.cache.train.evaluate import evaluate_domains
+    from ddk.cache.train.student import load_student
+    from ddk.cache.train.training_cache import open_cache
 
     reader = open_cache(train_cache)
     model, _ = load_student(tiny_student_dir, reader)

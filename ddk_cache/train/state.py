@@ -1,0 +1,88 @@
+"""`TrainState`: everything a checkpoint carries, and its one mapping to and from state.pt.
+
+The step loop advances this object and nothing else that must survive a restart, so a
+resumed run is exact by construction: `to_checkpoint` writes every field, `restore` reads every
+field back (and refuses a checkpoint whose run-defining options differ from this run's).
+Everything else a run uses (cache reader, sampler, loader, metrics log) is rebuilt from the
+config on resume; the sampler is then put back from this state's snapshot.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ddk.cache.errors import ConfigError
+from ddk.cache.train.config import RESUME_KEYS
+
+__all__ = ["TrainState", "rng_state", "set_rng_state"]
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's torch, python, numpy (and, once initialised, CUDA) RNG states."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": np.random.get_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Put back what rng_state() returned."""
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+@dataclass
+class TrainState:
+    """The run's progress. Intervals: steps [interval_start, interval_start + interval_len)
+    are drawn with `weights`; `snapshot` is the sampler's state at interval_start."""
+
+    model: torch.nn.Module                 # unwrapped (not DDP): its state_dict is saved
+    optimizer: torch.optim.Optimizer
+    config: dict[str, Any]                 # the resolved config (max_steps, warmup, world_size)
+    step: int = 0                          # optimizer steps taken
+    tokens: int = 0                        # tokens trained on, all ranks
+    weights: torch.Tensor | None = None    # the current domain weights (None before step 0)
+    history: list[dict[str, Any]] = field(default_factory=list)  # one record per interval
+    interval_start: int = 0
+    interval_len: int = 0
+    snapshot: dict[str, Any] | None = None  # this rank's DomainSampler.state_dict()
+
+    def to_checkpoint(self, samplers: list[Any], rng: list[Any]) -> dict[str, Any]:
+        """The dict saved as state.pt; `samplers` / `rng` hold every rank's snapshot / RNG."""
+        return {
+            "step": self.step, "tokens": self.tokens, "weights": self.weights,
+            "history": self.history,
+            "interval_start": self.interval_start, "interval_len": self.interval_len,
+            "samplers": samplers, "rng": rng, "config": self.config,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        }
+
+    def restore(self, ck: dict[str, Any], rank: int, source: Path) -> None:
+        """The inverse of to_checkpoint for this `rank` (its sampler snapshot and RNG).
+
+        The checkpoint's config is compared, not loaded: ConfigError if any RESUME_KEYS option
+        differs from this run's, since the stream or the maths would no longer match.
+        """
+        saved = ck["config"]
+        changed = [f"{k}={saved.get(k)!r}" for k in RESUME_KEYS
+                   if saved.get(k) != self.config.get(k)]
+        if changed:
+            raise ConfigError(
+                f"cannot resume {source}: options differ from the checkpoint's "
+                f"({', '.join(changed)}); resume with the original options or start a new --out")
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.step, self.tokens, self.weights = ck["step"], ck["tokens"], ck["weights"]
+        self.history = ck["history"]
+        self.interval_start, self.interval_len = ck["interval_start"], ck["interval_len"]
+        self.snapshot = ck["samplers"][rank]
+        set_rng_state(ck["rng"][rank])
