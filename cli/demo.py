@@ -1,17 +1,40 @@
-"""`ddk demo`: click shell over ddk.cache.demo.run_demo."""
+"""`ddk demo`: options -> DemoConfig -> run_demo -> table or JSON."""
 
 from __future__ import annotations
 
 import json
+import operator
+from typing import Any
 
 import click
 from ddk.cache.demo import METHODS, DemoConfig, format_table, run_demo
+from ddk.cli.options import Target, field_values
+
+
+def parse_methods(text: str) -> tuple[str, ...]:
+    """--methods cpt,kd -> ("cpt", "kd"); unknown or no methods are a usage error."""
+    chosen = tuple(m.strip() for m in text.split(",") if m.strip())
+    bad = [m for m in chosen if m not in METHODS]
+    if bad or not chosen:
+        raise click.BadParameter(f"unknown method(s) {bad}; choose from {METHODS}",
+                                 param_hint="--methods")
+    return chosen
+
+
+#: option -> DemoConfig field where the name or value differs (cli/options.py); every other
+#: option fills the field of its own name
+OPTION_FIELDS: dict[str, Target] = {
+    "methods": ("methods", parse_methods),
+    "quiet": ("progress", operator.not_),
+    "as_json": None,
+}
 
 
 @click.command("demo")
-@click.option("-o", "--out", default="ddk-demo", show_default=True,
+@click.option("-o", "--out", default=DemoConfig.out, show_default=True,
               help="Output directory (cache, student, runs, plots, summary).")
-@click.option("--teacher", default=None, help="Model directory. Default: embedded SmolLM2-135M.")
+@click.option("--teacher", default=DemoConfig.teacher,
+              help="Model directory. Default: embedded SmolLM2-135M.")
 @click.option("--steps", type=int, default=DemoConfig.steps, show_default=True,
               help="Optimizer steps per method (same token budget for every method).")
 @click.option("--student-layers", type=int, default=DemoConfig.student_layers,
@@ -22,28 +45,18 @@ from ddk.cache.demo import METHODS, DemoConfig, format_table, run_demo
 @click.option("--seq-len", type=int, default=DemoConfig.seq_len, show_default=True)
 @click.option("--interval", type=int, default=DemoConfig.interval, show_default=True,
               help="DDK re-weighting interval K in steps.")
-@click.option("--methods", default=",".join(METHODS), show_default=True,
+@click.option("--methods", default=",".join(DemoConfig.methods), show_default=True,
               help="Comma-separated subset of cpt,kd,ddk.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=DemoConfig.seed, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-def demo(out: str, teacher: str | None, steps: int, student_layers: int, train_sequences: int,
-         val_sequences: int, seq_len: int, interval: int, methods: str, seed: int,
-         as_json: bool, quiet: bool) -> None:
+def demo(as_json: bool, **opts: Any) -> None:
     """Cache the teacher, derive a student, train it with cpt/kd/ddk, compare per domain.
 
     Runs on the embedded default (SmolLM2-135M-Instruct, bundled 8-domain corpus) in a few
     minutes on 2 CPU cores. Everything lands in --out; re-running skips finished stages.
     """
-    chosen = tuple(m.strip() for m in methods.split(",") if m.strip())
-    bad = [m for m in chosen if m not in METHODS]
-    if bad or not chosen:
-        raise click.BadParameter(f"unknown method(s) {bad}; choose from {METHODS}",
-                                 param_hint="--methods")
-    result = run_demo(DemoConfig(
-        out=out, teacher=teacher, steps=steps, student_layers=student_layers,
-        train_sequences=train_sequences, val_sequences=val_sequences, seq_len=seq_len,
-        interval=interval, methods=chosen, seed=seed, progress=not quiet))
+    result = run_demo(DemoConfig(**field_values(opts, OPTION_FIELDS)))
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
         return

@@ -1,10 +1,25 @@
-"""`ddk inspect-cache`: a thin click layer over ddk.cache.inspect (registered by cli/main.py)."""
+"""`ddk inspect-cache`: options -> ddk.cache.store.report.inspect_cache -> table or JSON.
+
+There is no config dataclass: the defaults are those of `inspect_cache`'s parameters,
+written out here because its module imports torch (too slow for `ddk --help`);
+tests/cli/test_option_defaults.py compares them with the function's signature.
+"""
 
 from __future__ import annotations
 
 import json
+import operator
+from typing import Any
 
 import click
+from ddk.cli.options import Target, field_values
+
+#: option -> parameter of ddk.cache.store.report.inspect_cache where the name or value
+#: differs (cli/options.py); every other option fills the parameter of its own name
+OPTION_FIELDS: dict[str, Target] = {
+    "quiet": ("progress", operator.not_),
+    "as_json": None,
+}
 
 
 @click.command("inspect-cache")
@@ -20,17 +35,15 @@ import click
 @click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16", "auto"]), default="fp32",
               show_default=True, help="Compute dtype of the --verify teacher (fp32 = exact).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar during --verify.")
-def inspect_cache(path: str, as_json: bool, verify: int, teacher: str | None, device: str,
-                  dtype: str, quiet: bool) -> None:
+def inspect_cache(as_json: bool, **opts: Any) -> None:
     """Storage and fidelity statistics of the teacher cache at PATH.
 
     Per domain and split: sequences, tokens, stored vs logical bytes, compression ratio,
     bytes per token and per top-k entry, top-k probability mass, teacher loss and
     perplexity, missing shards; plus the layout. Works on unfinished stores too.
     """
-    from ddk.cache.store.inspect import format_report
-    from ddk.cache.store.inspect import inspect_cache as run_inspect
+    from ddk.cache.store.report import inspect_cache as run_inspect
+    from ddk.cache.store.report_text import format_report
 
-    report = run_inspect(path, verify=verify, teacher=teacher, progress=not quiet,
-                         device=device, dtype=dtype)
+    report = run_inspect(**field_values(opts, OPTION_FIELDS))
     click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
