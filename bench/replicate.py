@@ -199,7 +199,8 @@ def build_student(p: Preset, teacher: Path, cache: str, skew: dict[str, float], 
 
 def evaluate_test(model: Any, cache: str, p: Preset) -> list[dict[str, Any]]:
     """Per-domain perplexity on the held-out test sequences (after ddk's measuring set)."""
-    from ddk.cache.train.evaluate import evaluate_domains, open_cache
+    from ddk.cache.train.evaluate import evaluate_domains
+    from ddk.cache.train.training_cache import open_cache
 
     reader = open_cache(cache)
     return [x.to_dict() for x in evaluate_domains(
@@ -424,7 +425,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def _start_ratios(student: Path, cache: str, p: Preset) -> list[dict[str, Any]]:
     """The pre-trained student's held-out test ratios: the gaps every method starts from."""
-    from ddk.cache.train.evaluate import load_student, open_cache
+    from ddk.cache.train.student import load_student
+    from ddk.cache.train.training_cache import open_cache
 
     reader = open_cache(cache)
     model, _ = load_student(student, reader)

@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ddk.cache.corpus.demo_corpus import demo_domain_specs
 from ddk.cache.corpus.sources import DomainSpec, validate_domains
 from ddk.cache.errors import ConfigError
 from ddk.cache.store.encoding import CODEC_PROFILES, DEFAULT_CODEC_PROFILE, DEFAULT_LOGPROB_STEP
-
-BACKENDS = ("transformers", "vllm")
+from ddk.cache.teacher.loading import BACKENDS  # also the CLI's --backend choices
 
 #: budget used when no domains are given (the bundled demo corpus): a few CPU minutes.
 DEMO_TRAIN_SEQUENCES = 24
@@ -48,10 +48,14 @@ class CacheJobConfig:
 
 
 def apply_defaults(cfg: CacheJobConfig) -> CacheJobConfig:
+    """Fill the fields left None (and the domains, when none are given) in place.
+
+    Without domains the job runs on the bundled demo corpus with the small DEMO_* budget,
+    so a first run takes minutes on a CPU; otherwise seq_len 512 and 500 validation
+    sequences per domain (the DDK paper's), with no cap on train sequences.
+    """
     demo = not cfg.domains
     if demo:
-        from ddk.cache.corpus.demo_corpus import demo_domain_specs
-
         cfg.domains = demo_domain_specs()
     if cfg.seq_len is None:
         cfg.seq_len = DEMO_SEQ_LEN if demo else 512
@@ -63,6 +67,7 @@ def apply_defaults(cfg: CacheJobConfig) -> CacheJobConfig:
 
 
 def validate(cfg: CacheJobConfig) -> None:
+    """ConfigError (CorpusError for the domains) for any field out of range, before any work."""
     if cfg.backend not in BACKENDS:
         raise ConfigError(f"unknown backend {cfg.backend!r}; use one of {', '.join(BACKENDS)}")
     if cfg.k < 1:

@@ -33,6 +33,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import yaml
 from ddk.cache.corpus.sources import DomainSpec, validate_domains
 from ddk.cache.errors import ConfigError
 
@@ -41,7 +42,6 @@ _DOMAIN_KEYS = {"name", "path", "text_field"}
 
 def _yaml_loader():
     """yaml.SafeLoader that rejects duplicate keys (TOML already does)."""
-    import yaml
 
     class _StrictLoader(yaml.SafeLoader):
         pass
@@ -63,6 +63,26 @@ def _yaml_loader():
 
     _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
     return _StrictLoader
+
+
+def _parse_toml(text: str, path: Path) -> Any:
+    """The TOML document; errors name line and column."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:  # message ends with "(at line L, column C)"
+        raise ConfigError(f"config file {path}: invalid TOML: {e}") from None
+
+
+def _parse_yaml(text: str, path: Path) -> Any:
+    """The YAML document (an empty file is an empty mapping); errors name line and column."""
+    try:
+        cfg = yaml.load(text, Loader=_yaml_loader())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"config file {path}:{where}: invalid YAML: {problem}") from None
+    return {} if cfg is None else cfg
 
 
 def load_config(path: Path) -> dict[str, Any]:
@@ -90,23 +110,7 @@ def load_config(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError as e:
         raise ConfigError(f"config file {path} is not valid UTF-8 (byte {e.start})") from None
 
-    if suffix == ".toml":
-        try:
-            cfg: Any = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:  # message ends with "(at line L, column C)"
-            raise ConfigError(f"config file {path}: invalid TOML: {e}") from None
-    else:
-        import yaml
-
-        try:
-            cfg = yaml.load(text, Loader=_yaml_loader())
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(e, "problem", None) or str(e)
-            raise ConfigError(f"config file {path}:{where}: invalid YAML: {problem}") from None
-        if cfg is None:
-            cfg = {}
+    cfg = _parse_toml(text, path) if suffix == ".toml" else _parse_yaml(text, path)
     if not isinstance(cfg, dict):
         raise ConfigError(
             f"config file {path}: the top level must be a mapping of option names to values, "
@@ -140,6 +144,7 @@ def normalize_keys(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _domain_entry(name: Any, value: Any, default_field: str, base_dir: Path | None) -> DomainSpec:
+    """Entry `name` of the mapping form: a path, or a table with path and optional text_field."""
     where = f"config domain {name!r}"
     if isinstance(value, Mapping):
         entry = _normalize(value, where)
@@ -151,6 +156,26 @@ def _domain_entry(name: Any, value: Any, default_field: str, base_dir: Path | No
     else:
         text_field = default_field
     return _make_spec(name, value, text_field, base_dir, where)
+
+
+def _table_entry(i: int, item: Any, default_field: str, base_dir: Path | None) -> DomainSpec:
+    """Entry i of the list-of-tables form: a table with name, path and optional text_field."""
+    where = f"config domains entry {i + 1}"
+    if not isinstance(item, Mapping):
+        raise ConfigError(
+            f"{where}: expected a table with name and path, got {type(item).__name__}"
+        )
+    entry = _normalize(item, where)
+    unknown = set(entry) - _DOMAIN_KEYS
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown keys {sorted(unknown)}; allowed: name, path, text_field"
+        )
+    for required in ("name", "path"):
+        if required not in entry:
+            raise ConfigError(f"{where}: missing {required!r}")
+    return _make_spec(entry["name"], entry["path"], entry.get("text_field", default_field),
+                      base_dir, where)
 
 
 def _make_spec(
@@ -193,29 +218,7 @@ def domains_from_config(
             specs.append(_domain_entry(name, value, default_field, base_dir))
     elif isinstance(domains, list):
         for i, item in enumerate(domains):
-            where = f"config domains entry {i + 1}"
-            if not isinstance(item, Mapping):
-                raise ConfigError(
-                    f"{where}: expected a table with name and path, got {type(item).__name__}"
-                )
-            entry = _normalize(item, where)
-            unknown = set(entry) - _DOMAIN_KEYS
-            if unknown:
-                raise ConfigError(
-                    f"{where}: unknown keys {sorted(unknown)}; allowed: name, path, text_field"
-                )
-            for required in ("name", "path"):
-                if required not in entry:
-                    raise ConfigError(f"{where}: missing {required!r}")
-            specs.append(
-                _make_spec(
-                    entry["name"],
-                    entry["path"],
-                    entry.get("text_field", default_field),
-                    base_dir,
-                    where,
-                )
-            )
+            specs.append(_table_entry(i, item, default_field, base_dir))
     else:
         raise ConfigError(
             "config: 'domains' must be a table of name = path or a list of "

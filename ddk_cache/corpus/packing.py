@@ -20,6 +20,7 @@ and seed always give identical arrays):
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +77,7 @@ def document_order(num_documents: int, seed: int, name: str) -> np.ndarray:
 
 
 def _id_dtype(tokenizer: Any, eos_id: int) -> np.dtype:
+    """int32 token ids, or int64 when the vocabulary does not fit in int32."""
     try:
         vocab = len(tokenizer)
     except TypeError:
@@ -85,6 +87,7 @@ def _id_dtype(tokenizer: Any, eos_id: int) -> np.dtype:
 
 
 def _check_args(seq_len: int, val_sequences: int, max_train_sequences: int | None) -> None:
+    """ConfigError for a sequence length or split size out of range."""
     if not isinstance(seq_len, int) or seq_len < 2:
         raise ConfigError(f"--seq-len must be an integer >= 2, got {seq_len!r}")
     if not isinstance(val_sequences, int) or val_sequences < 0:
@@ -95,6 +98,123 @@ def _check_args(seq_len: int, val_sequences: int, max_train_sequences: int | Non
         raise ConfigError(
             f"the maximum number of train sequences must be >= 1, got {max_train_sequences!r}"
         )
+
+
+def _eos_id(tokenizer: Any) -> int:
+    """The EOS id appended after every document; ConfigError if the tokenizer has none."""
+    eos_id = getattr(tokenizer, "eos_token_id", None)
+    if eos_id is None:
+        raise ConfigError(
+            "the teacher's tokenizer has no EOS token, which separates packed documents; "
+            "set eos_token in its tokenizer_config.json"
+        )
+    return int(eos_id)
+
+
+def _read_texts(spec: DomainSpec) -> list[str]:
+    """Every document of the domain, in file order; CorpusError if there are none."""
+    texts = list(iter_documents(spec))
+    if not texts:
+        raise CorpusError(
+            f"domain {spec.name!r} (source {spec.source!r}) has no text: all its documents "
+            "are empty; add text or remove the domain"
+        )
+    return texts
+
+
+def _tokens_needed(seq_len: int, val_sequences: int, max_train_sequences: int | None) -> int | None:
+    """Tokens after which tokenising more cannot change the result (None: all are needed).
+
+    With a train cap, this many sequences are enough that the split in _split_sequences
+    cannot differ from the split of the whole domain.
+    """
+    if max_train_sequences is None:
+        return None
+    need_seqs = max(val_sequences + max_train_sequences, 2 * val_sequences, 2)
+    return need_seqs * seq_len
+
+
+def _document_batches(texts: list[str], order: np.ndarray) -> Iterator[tuple[int, int]]:
+    """Consecutive [start, stop) ranges of `order` for one tokenizer call each: up to
+    _BATCH_DOCS documents or _BATCH_CHARS characters, whichever comes first (at least
+    one document per batch)."""
+    start = 0
+    while start < len(order):
+        stop, chars = start, 0
+        while (
+            stop < len(order)
+            and stop - start < _BATCH_DOCS
+            and (stop == start or chars < _BATCH_CHARS)
+        ):
+            chars += len(texts[order[stop]])
+            stop += 1
+        yield start, stop
+        start = stop
+
+
+def _tokenize(
+    texts: list[str],
+    order: np.ndarray,
+    tokenizer: Any,
+    eos_id: int,
+    dtype: np.dtype,
+    need_tokens: int | None,
+    bar: Any,
+) -> tuple[np.ndarray, int, int]:
+    """(token stream, its length, documents tokenised) for the documents in `order`.
+
+    Each document's tokens are followed by `eos_id`. Stops after the document that brings
+    the stream to `need_tokens` tokens, if given. `bar` advances by documents.
+    """
+    chunks: list[np.ndarray] = []
+    total = 0
+    used = 0
+    for start, stop in _document_batches(texts, order):
+        batch = [texts[i] for i in order[start:stop]]
+        encoded = tokenizer(batch, add_special_tokens=False, verbose=False)["input_ids"]
+        flat: list[int] = []
+        done = False
+        for ids in encoded:
+            flat.extend(ids)
+            flat.append(eos_id)
+            total += len(ids) + 1
+            used += 1
+            if need_tokens is not None and total >= need_tokens:
+                done = True
+                break
+        chunks.append(np.asarray(flat, dtype=dtype))
+        bar.update(used - start)  # the documents of this batch that were tokenised
+        if done:
+            break
+    return np.concatenate(chunks), total, used
+
+
+def _split_sequences(
+    stream: np.ndarray,
+    seq_len: int,
+    val_sequences: int,
+    max_train_sequences: int | None,
+    name: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(validation, train) windows of `stream`, read-only (steps 4-5 of the module docstring)."""
+    n_total = stream.size // seq_len
+    if n_total < 2:
+        raise CorpusError(
+            f"domain {name!r} yields only {n_total} sequences of seq_len {seq_len} "
+            f"({stream.size} tokens); add text or lower --seq-len"
+        )
+    n_val = min(val_sequences, n_total // 2)
+    n_train = n_total - n_val
+    if max_train_sequences is not None:
+        n_train = min(n_train, max_train_sequences)
+
+    validation = stream[: n_val * seq_len].reshape(n_val, seq_len).copy()
+    train = stream[n_val * seq_len : (n_val + n_train) * seq_len].reshape(n_train, seq_len)
+    if train.size < stream.size // 2:  # don't keep a large unused buffer alive
+        train = train.copy()
+    validation.flags.writeable = False
+    train.flags.writeable = False
+    return validation, train
 
 
 def pack_domain(
@@ -122,86 +242,19 @@ def pack_domain(
     ConfigError if the tokenizer has no EOS token or an argument is out of range.
     """
     _check_args(seq_len, val_sequences, max_train_sequences)
-    eos_id = getattr(tokenizer, "eos_token_id", None)
-    if eos_id is None:
-        raise ConfigError(
-            "the teacher's tokenizer has no EOS token, which separates packed documents; "
-            "set eos_token in its tokenizer_config.json"
-        )
-    eos_id = int(eos_id)
+    eos_id = _eos_id(tokenizer)
     dtype = _id_dtype(tokenizer, eos_id)
-
-    texts = list(iter_documents(spec))
-    if not texts:
-        raise CorpusError(
-            f"domain {spec.name!r} (source {spec.source!r}) has no text: all its documents "
-            "are empty; add text or remove the domain"
-        )
+    texts = _read_texts(spec)
     order = document_order(len(texts), seed, spec.name)
-
-    # Enough sequences that the split below cannot differ from the full-corpus split.
-    need_tokens: int | None = None
-    if max_train_sequences is not None:
-        need_seqs = max(val_sequences + max_train_sequences, 2 * val_sequences, 2)
-        need_tokens = need_seqs * seq_len
-
-    chunks: list[np.ndarray] = []
-    total = 0
-    used = 0
-    done = False
-    bar = tqdm(
-        total=len(texts),
-        unit="docs",
-        desc=f"tokenize {spec.name}",
-        disable=not progress,
-        leave=False,
-    )
+    need_tokens = _tokens_needed(seq_len, val_sequences, max_train_sequences)
+    bar = tqdm(total=len(texts), unit="docs", desc=f"tokenize {spec.name}",
+               disable=not progress, leave=False)
     try:
-        start = 0
-        while start < len(order) and not done:
-            stop, chars = start, 0
-            while (
-                stop < len(order)
-                and stop - start < _BATCH_DOCS
-                and (stop == start or chars < _BATCH_CHARS)
-            ):
-                chars += len(texts[order[stop]])
-                stop += 1
-            batch = [texts[i] for i in order[start:stop]]
-            encoded = tokenizer(batch, add_special_tokens=False, verbose=False)["input_ids"]
-            flat: list[int] = []
-            for ids in encoded:
-                flat.extend(ids)
-                flat.append(eos_id)
-                total += len(ids) + 1
-                used += 1
-                if need_tokens is not None and total >= need_tokens:
-                    done = True
-                    break
-            chunks.append(np.asarray(flat, dtype=dtype))
-            bar.update(stop - start if not done else used - start)
-            start = stop
+        stream, total, used = _tokenize(texts, order, tokenizer, eos_id, dtype, need_tokens, bar)
     finally:
         bar.close()
-
-    stream = np.concatenate(chunks)
-    n_total = total // seq_len
-    if n_total < 2:
-        raise CorpusError(
-            f"domain {spec.name!r} yields only {n_total} sequences of seq_len {seq_len} "
-            f"({total} tokens); add text or lower --seq-len"
-        )
-    n_val = min(val_sequences, n_total // 2)
-    n_train = n_total - n_val
-    if max_train_sequences is not None:
-        n_train = min(n_train, max_train_sequences)
-
-    validation = stream[: n_val * seq_len].reshape(n_val, seq_len).copy()
-    train = stream[n_val * seq_len : (n_val + n_train) * seq_len].reshape(n_train, seq_len)
-    if train.size < stream.size // 2:  # don't keep a large unused buffer alive
-        train = train.copy()
-    validation.flags.writeable = False
-    train.flags.writeable = False
+    validation, train = _split_sequences(stream, seq_len, val_sequences, max_train_sequences,
+                                         spec.name)
     return PackedDomain(
         name=spec.name,
         train=train,

@@ -229,6 +229,7 @@ def _read_text_file(path: Path) -> Iterator[str]:
 
 
 def _read_jsonl(path: Path, text_field: str) -> Iterator[str]:
+    """The `text_field` string of each non-blank line of a JSON Lines file (gzip if .gz)."""
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
         with opener(path, "rb") as f:
@@ -277,6 +278,9 @@ def _decodes(scalar) -> bool:
 
 
 def _read_parquet(path: Path, text_field: str) -> Iterator[str]:
+    """The values of the string column `text_field` of a Parquet file, row by row."""
+    # pyarrow takes a noticeable time to import and only Parquet sources need it; this
+    # module is imported when the CLI starts (through cache_job.config)
     import pyarrow as pa
     import pyarrow.parquet as pq
 

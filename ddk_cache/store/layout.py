@@ -94,6 +94,12 @@ def diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix]
 
 
+def split_arrays(split: str) -> list[str]:
+    """The data arrays of one split, in layout order (target_logprob is validation only)."""
+    names = ["input_ids", "topk_ids", "topk_logprobs", "tail_logmass"]
+    return names + ["target_logprob"] if split == "validation" else names
+
+
 def num_shards(num_sequences: int, sequences_per_shard: int) -> int:
     return math.ceil(num_sequences / sequences_per_shard)
 

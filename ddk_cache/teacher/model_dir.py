@@ -6,13 +6,12 @@ import json
 from pathlib import Path
 
 from ddk.cache.errors import TeacherError
+from ddk.cache.teacher.default_model import ensure_default_teacher
 
 
 def resolve_teacher_path(teacher: str | None) -> Path:
     """A local model directory; None means the embedded default (converted on first use)."""
     if teacher is None:
-        from ddk.cache.teacher.default_model import ensure_default_teacher
-
         return ensure_default_teacher()
     path = Path(teacher).expanduser()
     if not (path / "config.json").is_file():

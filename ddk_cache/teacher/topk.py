@@ -14,7 +14,7 @@ from ddk.cache.teacher.backend import TeacherScores
 def scores_from_logits(logits: torch.Tensor, input_ids: torch.Tensor, k: int) -> TeacherScores:
     """Top-k log-probs, tail log-mass and next-token log-prob from [B, L, V] logits.
 
-    Only positions 0..L-2 are scored (see teacher.base). Everything is computed in fp32:
+    Only positions 0..L-2 are scored (see teacher/backend.py). Everything is computed in fp32:
     the tail log-mass is logsumexp over the non-top-k logits minus the full logsumexp,
     which stays exact when the top-k hold almost all the mass (no 1 - sum(p) cancellation).
     The logits tensor is consumed: the top-k entries are overwritten with -inf in place.

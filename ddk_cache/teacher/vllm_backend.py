@@ -7,7 +7,7 @@ followed by the k most likely tokens of the distribution that predicts p (comput
 the raw logits at position p-1, temperature 1, full-vocabulary log_softmax in fp32:
 `logprobs_mode="raw_logprobs"`).
 
-Position alignment (identical to the transformers backend, see teacher.base): prompt
+Position alignment (identical to the transformers backend, see teacher/backend.py): prompt
 position p = j + 1 becomes row j of TeacherScores, for j = 0..L-2. Position 0 has no
 log-probs (vLLM returns None there). The distribution at the last position L-1, which
 would predict a token after the sequence, is the one vLLM samples its single generated
@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from ddk.cache.errors import BackendUnavailableError, TeacherError
 from ddk.cache.teacher.backend import TeacherScores
 from ddk.cache.teacher.identity import teacher_identity
@@ -255,9 +256,5 @@ class VLLMTeacher:
         self._llm = None
         del llm
         gc.collect()
-        try:
-            import torch
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except ImportError:
-            pass
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

@@ -96,20 +96,6 @@ def click_defaults(command: click.Command) -> dict[str, Any]:
 OPTIONS = [(name, p.name) for name, command in sorted(cli.commands.items())
            for p in command.params]
 
-#: disagreements found and reported but not yet fixed where the default lives; strict, so
-#: the test fails once they agree and the entry must go
-KNOWN = {
-    ("inspect-cache", "quiet"): "ddk.cache.store.report.inspect_cache defaults to "
-                                "progress=False; `ddk inspect-cache` (like every config "
-                                "dataclass) to progress=True",
-}
-
-
-def known(command: str, option: str) -> list[pytest.MarkDecorator]:
-    reason = KNOWN.get((command, option))
-    return [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
-
-
 def test_every_command_is_checked():
     assert set(cli.commands) == set(FILLS)
     assert not set(NO_FIELD) - set(OPTIONS), "NO_FIELD lists options that do not exist"
@@ -117,7 +103,7 @@ def test_every_command_is_checked():
 
 
 @pytest.mark.parametrize("command,option", [
-    pytest.param(c, o, id=f"{c}:{o}", marks=known(c, o)) for c, o in OPTIONS])
+    pytest.param(c, o, id=f"{c}:{o}") for c, o in OPTIONS])
 def test_option_default_is_its_fields(command, option):
     option_fields, defaults, owner = defaults_of(command)
     param = next(p for p in cli.commands[command].params if p.name == option)
@@ -189,8 +175,6 @@ def test_no_options_build_the_default_configs(monkeypatch):
     assert call.positional == (DemoConfig(),)
 
 
-@pytest.mark.xfail(("inspect-cache", "quiet") in KNOWN, strict=True,
-                   reason=KNOWN.get(("inspect-cache", "quiet"), ""))
 def test_no_options_call_inspect_cache_with_its_defaults(monkeypatch):
     fn = inspect_cache_fn()
     call = called_with(monkeypatch, "ddk.cache.store.report.inspect_cache",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,9 +25,9 @@ from ddk.cache.teacher.transformers_backend import TransformersTeacher
 
 def job(tmp_path: Path, teacher: Path, corpus: dict[str, Path], **kw) -> CacheJobConfig:
     defaults = {"output": str(tmp_path / "cache"), "teacher": str(teacher),
-                    "domains": [DomainSpec(n, str(p)) for n, p in sorted(corpus.items())],
-                    "k": 8, "seq_len": 48, "val_sequences": 3, "sequences_per_shard": 3, "batch_size": 2,
-                    "progress": False}
+                "domains": [DomainSpec(n, str(p)) for n, p in sorted(corpus.items())],
+                "k": 8, "seq_len": 48, "val_sequences": 3, "sequences_per_shard": 3,
+                "batch_size": 2, "progress": False}
     defaults.update(kw)
     return CacheJobConfig(**defaults)
 
@@ -80,6 +81,7 @@ def test_rerun_of_finished_job_does_nothing(tmp_path, tiny_teacher_dir, small_co
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*")} == mtimes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change", [{"k": 4}, {"seq_len": 40}, {"val_sequences": 2},
                                     {"logprob_step": 1 / 128}, {"codec_profile": "zstd"}])
 def test_different_parameters_refused_unless_overwrite(tmp_path, tiny_teacher_dir,
@@ -109,6 +111,7 @@ def test_other_teacher_refused(tmp_path, tiny_teacher_dir, tiny_student_dir, sma
         run_cache_job(job(tmp_path, tiny_student_dir, small_corpus))
 
 
+@pytest.mark.slow
 def test_two_workers_fill_one_store_identically(tmp_path, tiny_teacher_dir, small_corpus):
     single = job(tmp_path, tiny_teacher_dir, small_corpus, output=str(tmp_path / "single"))
     run_cache_job(single)
@@ -214,6 +217,7 @@ def test_sigkill_and_resume_is_bitwise_identical(tmp_path, tiny_teacher_dir, sma
     assert tree_bytes(killed) == tree_bytes(reference)
 
 
+@pytest.mark.slow
 def test_cli_user_error_is_one_line(tmp_path, small_corpus):
     p = _cli("cache-teacher", "--teacher", str(tmp_path / "missing"), "-o",
              str(tmp_path / "c"), "--domain", f"code={small_corpus['code']}", cwd=tmp_path)
@@ -249,10 +253,9 @@ def test_workers_started_together_race_safely(tmp_path, tiny_teacher_dir, small_
     assert tree_bytes(out) == tree_bytes(reference)
 
 
+@pytest.mark.slow
 def test_moved_teacher_and_sources_still_resume(tmp_path, tiny_teacher_dir, small_corpus):
     """Where files live is not part of a cache's identity; their content is."""
-    import shutil
-
     run_cache_job(job(tmp_path, tiny_teacher_dir, small_corpus))
     moved_teacher = shutil.copytree(tiny_teacher_dir, tmp_path / "elsewhere" / "renamed")
     moved = {n: shutil.copytree(p, tmp_path / "moved" / n) for n, p in small_corpus.items()}

@@ -1,24 +1,24 @@
-"""ddk.cache.store.inspect on small real caches built by run_cache_job from the tiny teacher."""
+"""ddk.cache.store.report (and report_text) on small real caches built by run_cache_job from the
+tiny teacher; --verify is tested in test_verify.py."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
-import shutil
 from pathlib import Path
 
-import ddk.cache.store.inspect as inspect_module
 import numpy as np
 import pytest
 import zarr
 from ddk.cache.cache_job.config import CacheJobConfig
 from ddk.cache.cache_job.run import run_cache_job
 from ddk.cache.corpus.sources import DomainSpec
-from ddk.cache.errors import StoreError, TeacherError
-from ddk.cache.store.inspect import format_report, inspect_cache, pick_verify_sequences
+from ddk.cache.errors import StoreError
 from ddk.cache.store.layout import SPLITS
 from ddk.cache.store.reader import CacheReader
+from ddk.cache.store.report import inspect_cache
+from ddk.cache.store.report_text import format_report, human_bytes
 
 SEQ_LEN, K, PER_SHARD = 32, 8, 4
 
@@ -142,49 +142,14 @@ def test_incomplete_store_is_reported_not_refused(tmp_path, small_corpus, tiny_t
     assert "INCOMPLETE" in text and "missing shards" in text and "missing" in text
 
 
-def test_verify_matches_exact_teacher_within_quantisation(tmp_path, small_corpus,
-                                                          tiny_teacher_dir, tiny_student_dir,
-                                                          monkeypatch):
-    teacher = shutil.copytree(tiny_teacher_dir, tmp_path / "teacher")
-    path = build_cache(tmp_path / "cache", small_corpus, teacher)
-    reader = CacheReader.open(path)
-    picks = pick_verify_sequences(reader, 5)
-    assert picks == pick_verify_sequences(reader, 5)  # deterministic
-    assert len(set(picks)) == 5
-    assert sorted(sum(1 for d, _ in picks if d == name) for name in small_corpus) == [1, 2, 2]
-
-    monkeypatch.setattr(inspect_module, "_VERIFY_BLOCK", 7)  # several position blocks
-    v = inspect_cache(path, verify=5)["verify"]  # default: the teacher path in the metadata
-    step = reader.encoding.logprob_step
-    assert v["sequences"] == 5 and v["positions"] == 5 * (SEQ_LEN - 1)
-    assert v["warnings"] == []
-    assert v["quantization_bound"] == step / 2
-    assert v["topk_logprob_abs_error"]["max"] <= step / 2 + 1e-5
-    assert 0 < v["topk_logprob_abs_error"]["mean"] < step / 2
-    assert v["topk_id_agreement"] == 1.0
-    assert v["tail_logmass_abs_error"]["max"] <= step / 2 + 1e-5
-    assert 0 <= v["kl_exact_vs_stored"]["mean"] <= v["kl_exact_vs_stored"]["max"] < 1e-3
-    assert abs(v["teacher_loss"]["difference"]) < 1e-5  # target log-probs are stored as fp32
-    assert "Verify" in format_report(inspect_cache(path, verify=2))
-
-    # another model (the 1-layer student): a warning, and errors far above the bound
-    bad = inspect_cache(path, verify=3, teacher=str(tiny_student_dir))["verify"]
-    assert any("weights_fingerprint" in w for w in bad["warnings"])
-    assert bad["topk_logprob_abs_error"]["max"] > 10 * step
-    assert bad["kl_exact_vs_stored"]["max"] > 1e-2
-
-    # the recorded teacher is gone: a named error that says to pass --teacher
-    shutil.rmtree(teacher)
-    with pytest.raises(TeacherError, match="--teacher"):
-        inspect_cache(path, verify=1)
-    with pytest.raises(TeacherError, match="--teacher"):
-        inspect_cache(path, verify=1, teacher=str(tmp_path / "nowhere"))
-    assert inspect_cache(path)["verify"] is None  # no teacher needed without --verify
-
-
 def test_not_a_cache_is_a_store_error(tmp_path):
     with pytest.raises(StoreError, match="no cache"):
         inspect_cache(tmp_path / "missing")
     zarr.open_group(str(tmp_path / "plain"), mode="w").create_group("x")
     with pytest.raises(StoreError, match="not a ddk cache"):
         inspect_cache(tmp_path / "plain")
+
+
+def test_human_bytes_uses_binary_units():
+    assert [human_bytes(n) for n in (None, 0, 1023, 1536, 5 * 1024**2, 3 * 1024**4)] == [
+        "-", "0 B", "1023 B", "1.5 KiB", "5.0 MiB", "3.0 TiB"]

@@ -1,7 +1,7 @@
 """The vLLM teacher backend: output conversion, the missing-vLLM error, and equality with
 the transformers backend on the same tiny teacher and sequences.
 
-The equality tests run vLLM in a subprocess (tests/cache/vllm_score_helper.py) with the
+The equality tests run vLLM in a subprocess (tests/cache/teacher/vllm_score_helper.py) with the
 interpreter named by DDK_VLLM_PYTHON (CI sets it to the env made by .ci/vllm_env.sh), or
 this interpreter when it can import vllm. Without either they skip, except under CI=true
 where they fail: the feature's tests must run in CI.

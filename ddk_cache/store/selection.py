@@ -1,0 +1,48 @@
+"""Which stored sequences to look at: those of finished shards, and evenly spaced samples.
+
+Shared by the report (report.py measures the top-k mass on a sample) and by --verify
+(verify.py re-runs the teacher on a sample of validation sequences), so both count and
+pick sequences the same way. Only finished shards count: the arrays of an unfinished
+shard may hold fill values.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import zarr
+from ddk.cache.store.reader import CacheReader
+
+
+def finished_sequences(reader: CacheReader, domain: str, split: str
+                       ) -> tuple[np.ndarray, list[int], int]:
+    """(indices of sequences in finished shards, missing shard indices, number of shards).
+
+    A split whose shard_done flags are absent counts every shard as missing.
+    """
+    n = reader.num_sequences(domain, split)
+    per_shard = int(reader.meta["sequences_per_shard"])
+    try:
+        flags = np.asarray(reader.array(domain, split, "shard_done")[:])
+    except KeyError:
+        flags = np.zeros(math.ceil(n / per_shard), dtype=np.uint8)
+    missing = [int(i) for i in np.flatnonzero(flags == 0)]
+    done = [np.arange(s * per_shard, min(n, (s + 1) * per_shard))
+            for s in np.flatnonzero(flags != 0)]
+    idx = np.concatenate(done) if done else np.empty(0, dtype=np.int64)
+    return idx.astype(np.int64), missing, int(flags.size)
+
+
+def spread(indices: np.ndarray, count: int) -> np.ndarray:
+    """`count` evenly spaced elements of `indices` (deterministic, distinct)."""
+    if count >= indices.size:
+        return indices
+    if count <= 0:
+        return indices[:0]
+    return indices[np.rint(np.linspace(0, indices.size - 1, count)).astype(np.int64)]
+
+
+def read_rows(arr: zarr.Array, indices: np.ndarray) -> np.ndarray:
+    """Rows `indices` (sorted, distinct) of a zarr array, reading only their chunks."""
+    return np.asarray(arr.get_orthogonal_selection((indices,) + (slice(None),) * (arr.ndim - 1)))
