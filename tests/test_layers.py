@@ -109,11 +109,12 @@ def import_violations(repo: Path) -> list[str]:
                 elif (src, dst) in FORBIDDEN:
                     problems.append(f"{where}:{line}: stage {src} must not import {dst} "
                                     f"({target})")
-    return problems + [f"import cycle: {' -> '.join(c)}" for c in cycles(graph)]
+    return problems + [f"import cycle among {', '.join(c)}" for c in cycles(graph)]
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """One cycle per strongly connected component of more than one module (Tarjan)."""
+    """The modules of each import cycle, sorted: every strongly connected component of
+    more than one module (Tarjan)."""
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
@@ -139,7 +140,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
                 if w == v:
                     break
             if len(component) > 1:
-                found.append(sorted(component) + [min(component)])
+                found.append(sorted(component))
 
     for v in sorted(graph):
         if v not in index:
@@ -186,7 +187,7 @@ def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
      "ddk_cache/train/loop.py:1: stage train must not import cache_job"),
     ({"ddk_cache/store/a.py": "from ddk.cache.store import b\n",
       "ddk_cache/store/b.py": "from . import a\n"},
-     "import cycle: ddk.cache.store.a -> ddk.cache.store.b -> ddk.cache.store.a"),
+     "import cycle among ddk.cache.store.a, ddk.cache.store.b"),
     ({"ddk_cache/sampling/x.py": "from ddk.cache.errors import ConfigError\n"},
      "<unknown stage 'sampling'>: add it to STAGES"),
 ])
