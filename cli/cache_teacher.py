@@ -19,6 +19,7 @@ from ddk.cache.cache_job.config import (
 from ddk.cache.corpus.sources import DomainSpec, parse_domain_arg
 from ddk.cache.errors import DDKError
 from ddk.cache.store.encoding import CODEC_PROFILES
+from ddk.cache.teacher.loading import TEACHER_DTYPES
 from ddk.cli.options import Target, field_values
 
 #: vLLM engine arguments: the ones given go into CacheJobConfig.engine_options
@@ -87,7 +88,7 @@ def merged_options(ctx: click.Context, config_path: Path | None, **given: Any) -
 @click.option("--batch-size", type=int, default=CacheJobConfig.batch_size, show_default=True)
 @click.option("--sequences-per-shard", type=int, default=CacheJobConfig.sequences_per_shard,
               show_default=True, help="Unit of work, of resume and of worker assignment.")
-@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16", "auto"]),
+@click.option("--dtype", type=click.Choice(TEACHER_DTYPES),
               default=CacheJobConfig.dtype, show_default=True,
               help="Teacher compute dtype (log-softmax is always fp32).")
 @click.option("--device", default=CacheJobConfig.device, show_default=True,

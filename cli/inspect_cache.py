@@ -12,6 +12,7 @@ import operator
 from typing import Any
 
 import click
+from ddk.cache.teacher.loading import TEACHER_DTYPES
 from ddk.cli.options import Target, field_values
 
 #: option -> parameter of ddk.cache.store.report.inspect_cache where the name or value
@@ -32,7 +33,7 @@ OPTION_FIELDS: dict[str, Target] = {
               help="Teacher directory for --verify. [default: the path recorded in the cache]")
 @click.option("--device", default="auto", show_default=True,
               help="Device of the --verify teacher: auto, cpu, cuda, cuda:1...")
-@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16", "auto"]), default="fp32",
+@click.option("--dtype", type=click.Choice(TEACHER_DTYPES), default="fp32",
               show_default=True, help="Compute dtype of the --verify teacher (fp32 = exact).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar during --verify.")
 def inspect_cache(as_json: bool, **opts: Any) -> None:

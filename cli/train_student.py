@@ -22,8 +22,6 @@ def grad_clip_or_off(clip: float) -> float | None:
 #: option -> TrainConfig field where the name or value differs (cli/options.py); every
 #: other option fills the field of its own name
 OPTION_FIELDS: dict[str, Target] = {
-    "mixture": "mixture",  # --kd-mixture; explicit DOMAIN=W weights become mixture "natural"
-                           # plus domain_weights (in train_student)
     "grad_clip": ("grad_clip", grad_clip_or_off),
     "quiet": ("progress", operator.not_),
     "as_json": None,
@@ -105,7 +103,7 @@ def train_student(as_json: bool, **opts: Any) -> None:
     from ddk.cache.train.loop import train
 
     fields = field_values(opts, OPTION_FIELDS)
-    if fields["mixture"] not in MIXTURES:
+    if fields["mixture"] not in MIXTURES:  # --kd-mixture DOMAIN=W,...: an explicit mixture
         fields["domain_weights"] = parse_weights(fields["mixture"])
         fields["mixture"] = "natural"
     cfg = TrainConfig(**fields)

@@ -8,10 +8,9 @@ shard may hold fill values.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import zarr
+from ddk.cache.store.layout import num_shards
 from ddk.cache.store.reader import CacheReader
 
 
@@ -26,7 +25,7 @@ def finished_sequences(reader: CacheReader, domain: str, split: str
     try:
         flags = np.asarray(reader.array(domain, split, "shard_done")[:])
     except KeyError:
-        flags = np.zeros(math.ceil(n / per_shard), dtype=np.uint8)
+        flags = np.zeros(num_shards(n, per_shard), dtype=np.uint8)
     missing = [int(i) for i in np.flatnonzero(flags == 0)]
     done = [np.arange(s * per_shard, min(n, (s + 1) * per_shard))
             for s in np.flatnonzero(flags != 0)]

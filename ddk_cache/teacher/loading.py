@@ -15,6 +15,8 @@ from ddk.cache.teacher.backend import TeacherBackend
 
 #: the teacher backends a cache job can use (recorded in the store as teacher.backend).
 BACKENDS = ("transformers", "vllm")
+#: teacher compute dtypes (`--dtype` of cache-teacher and inspect-cache); auto: bf16 on GPU
+TEACHER_DTYPES = ("fp32", "bf16", "fp16", "auto")
 
 
 def load_backend(name: str, path: str | Path, *, dtype: str, device: str, seed: int, k: int,
