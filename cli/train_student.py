@@ -53,6 +53,10 @@ OPTION_FIELDS: dict[str, Target] = {
 @click.option("--online-teacher", default=TrainConfig.online_teacher,
               help="Full-vocabulary KD: run this teacher (the cache's own) at every step "
                    "instead of reading its top-k. Slow; a baseline for the cache's fidelity.")
+@click.option("--fused-lm-head/--no-fused-lm-head", default=TrainConfig.fused_lm_head,
+              help="Compute the loss from the hidden states and head weight without the full "
+                   "[tokens, vocab] logits (same maths, less memory). Default: on when the "
+                   "student's head is a plain linear map, else off with a log line.")
 @click.option("--val-sequences", type=int, default=TrainConfig.val_sequences, show_default=True,
               help="Validation sequences per domain for perplexity.")
 @click.option("--batch-size", type=int, default=TrainConfig.batch_size, show_default=True,

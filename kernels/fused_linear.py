@@ -90,10 +90,13 @@ class FusedLinearSparseKLFunction(torch.autograd.Function):
             grad_w = grad_w.to(weight.dtype)
         ctx.grads = (grad_h, grad_w)
         ctx.consumed = False
-        return reduce_rows(combine_rows(kl_rows, ce_rows, opts), prep, opts)
+        loss = reduce_rows(combine_rows(kl_rows, ce_rows, opts), prep, opts)
+        kl_part, ce_part = reduce_rows(kl_rows, prep, opts), reduce_rows(ce_rows, prep, opts)
+        ctx.mark_non_differentiable(kl_part, ce_part)
+        return loss, kl_part, ce_part
 
     @staticmethod
-    def backward(ctx, grad_loss):
+    def backward(ctx, grad_loss, _grad_kl, _grad_ce):
         grad_h, grad_w = ctx.grads
         if ctx.consumed:
             raise RuntimeError(
@@ -168,7 +171,8 @@ def fused_linear_sparse_kl_loss(
     weight_grad_fp32: bool = False,
     validate: bool = True,
     backend: str = "auto",
-) -> torch.Tensor:
+    return_components: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """sparse_kl_loss(hidden @ lm_head_weight.T, ...) without materialising the N x V logits.
 
     hidden [N, H] and lm_head_weight [V, H] share one float dtype and device; the logits
@@ -178,6 +182,7 @@ def fused_linear_sparse_kl_loss(
     weight_grad_fp32 (accumulate d/d(weight) across chunks in fp32 for 16-bit weights;
     default False: accumulate in the weight dtype, one rounding per chunk).
     No bias (LM heads of current models have none). Backward may run once per forward.
+    return_components: also return (kl, ce) from the same pass, as sparse_kl_loss does.
     """
     _check_fused_args(hidden, lm_head_weight, reduction, chunk_rows)
     n, v = hidden.shape[0], lm_head_weight.shape[0]
@@ -197,6 +202,9 @@ def fused_linear_sparse_kl_loss(
     )
     be = resolve_backend(backend, hidden)
     rows = chunk_rows or default_chunk_rows(n, v, hidden.dtype)
-    return FusedLinearSparseKLFunction.apply(
+    loss, kl, ce = FusedLinearSparseKLFunction.apply(
         hidden, lm_head_weight, prep, opts, be, rows, bool(weight_grad_fp32)
     )
+    if return_components:
+        return loss, kl, (ce if ce_weight > 0 else None)
+    return loss

@@ -33,6 +33,7 @@ class TrainConfig:
     kd_tail: str = "bucket"           # bucket: top-k + tail bucket; renorm: top-k renormalised
     kd_topk: int | None = None        # distil from the first k of the cached top-k (None: all)
     online_teacher: str | None = None  # full-vocabulary KD: run this teacher every step
+    fused_lm_head: bool | None = None  # loss from hidden states, no full logits; None: auto
     val_sequences: int = 500          # validation sequences per domain for ppl
     batch_size: int = 8               # sequences per micro-batch per rank
     grad_accum: int = 1               # micro-batches per optimizer step

@@ -88,6 +88,7 @@ from ddk.cache.train.metrics import MetricsLog, plot_metrics
 from ddk.cache.train.sampler import DomainSampler, PrefetchLoader
 from ddk.cache.train.signals import StopFlag
 from ddk.cache.train.state import TrainState
+from ddk.cache.train.lm_head import FusedHeadLoss, is_fused_head, use_fused_head
 from ddk.cache.train.step import lr_at, optimizer_step, truncate_topk
 from ddk.cache.train.student import load_student
 from ddk.cache.train.training_cache import open_cache
@@ -187,11 +188,12 @@ def prepare(cfg: TrainConfig, d: Dist) -> tuple[Run, TrainState]:
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                             fused=d.device.type == "cuda")
-    net: torch.nn.Module = model
+    fused = use_fused_head(cfg.fused_lm_head, model, teacher is not None, say=d.rank == 0)
+    net: torch.nn.Module = FusedHeadLoss(model) if fused else model
     if d.world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        net = DDP(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+        net = DDP(net, device_ids=[d.device.index] if d.device.type == "cuda" else None)
     sampler = DomainSampler([reader.num_sequences(dom, "train") for dom in domains],
                             [1.0] * len(domains), seed=cfg.seed, rank=d.rank)
     fixed = _fixed_mixture(cfg, domains, train_tokens)
@@ -387,6 +389,7 @@ def _summary(run: Run, state: TrainState, stats: FitStats,
     return {
         "method": run.cfg.method, "steps": state.step, "max_steps": run.max_steps,
         "tokens": state.tokens, "tokens_per_step": tps, "world_size": run.d.world,
+        "fused_lm_head": is_fused_head(run.net),
         "train_tokens_per_s": (tps * stats.steps_run / stats.train_time
                                if stats.train_time > 0 else None),
         "loader_wait_s": stats.loader_wait, "train_time_s": stats.train_time,

@@ -1,8 +1,9 @@
 """One optimizer step: the LR schedule, the per-micro-batch loss, accumulation and AdamW.
 
 Every method takes the same path: one ddk.kernels.sparse_kl_loss call per micro-batch
-(CE + gamma * T^2 * KL over the cached top-k; cpt: gamma = 0), or, with an online teacher, the
-full-vocabulary loss of full_vocab_kd.py. `truncate_topk` cuts the cached top-k to fewer
+(CE + gamma * T^2 * KL over the cached top-k; cpt: gamma = 0), or the same loss from the
+hidden states and head weight without the full logits (lm_head.FusedHeadLoss, when `net` is
+one), or, with an online teacher, the full-vocabulary loss of full_vocab_kd.py. `truncate_topk` cuts the cached top-k to fewer
 entries (--kd-topk). The LR is a pure function of the step, so a checkpoint need not store it.
 """
 
@@ -15,6 +16,7 @@ import torch
 from ddk.cache.train.config import TrainConfig
 from ddk.cache.train.distributed import Dist
 from ddk.cache.train.full_vocab_kd import full_vocab_kd_loss
+from ddk.cache.train.lm_head import is_fused_head
 from ddk.cache.train.sampler import PrefetchLoader, SampledBatch
 
 __all__ = ["lr_at", "micro_loss", "optimizer_step", "truncate_topk"]
@@ -40,33 +42,49 @@ def micro_loss(model: torch.nn.Module, batch: SampledBatch, cfg: TrainConfig,
     every method alike, so cpt logs how far it is from the teacher too). The returned kl is
     KL(teacher_T || student_T) itself, without the T^2 factor. With an online `teacher` the
     target is its full distribution instead (full_vocab_kd_loss, the comparison baseline).
+    When `model` is a lm_head.FusedHeadLoss (DDP-wrapped or not), the same loss comes from
+    the hidden states and head weight without the full logits.
     """
     from ddk.kernels import sparse_kl_loss
 
     ids = batch.input_ids.to(device, non_blocking=True)
     # positions 0..L-2 predict tokens 1..L-1; causal attention makes token L-1 irrelevant to them
+    labels = ids[:, 1:].reshape(-1)
+    kl_weight = 0.0 if cfg.method == "cpt" else cfg.gamma
+    if is_fused_head(model):
+        topk_ids, topk_lp, tail = _targets(batch, cfg, device)
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            loss, kl, ce = model(ids[:, :-1], topk_ids, topk_lp, tail, labels,
+                                 kl_weight=kl_weight, temperature=cfg.temperature,
+                                 tail=cfg.kd_tail, amp=amp)
+        return loss, ce, kl
     with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
         logits = model(input_ids=ids[:, :-1], use_cache=False).logits
     logits = logits.flatten(0, 1)
-    labels = ids[:, 1:].reshape(-1)
-    kl_weight = 0.0 if cfg.method == "cpt" else cfg.gamma
     if teacher is not None:
         with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             t_logits = teacher(input_ids=ids[:, :-1], use_cache=False).logits.flatten(0, 1)
         loss, kl, ce = full_vocab_kd_loss(logits, t_logits, labels, kl_weight=kl_weight,
                                           temperature=cfg.temperature)
         return loss, ce, kl
+    topk_ids, topk_lp, tail = _targets(batch, cfg, device)
+    loss, kl, ce = sparse_kl_loss(logits, topk_ids, topk_lp, tail, labels, kl_weight=kl_weight,
+                                  ce_weight=1.0, temperature=cfg.temperature, tail=cfg.kd_tail,
+                                  inplace_grad=True,
+                                  return_components=True)  # validates the cached ids/log-probs
+    return loss, ce, kl
+
+
+def _targets(batch: SampledBatch, cfg: TrainConfig, device: torch.device
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The cached teacher target as [N, k] ids, [N, k] log-probs, [N] tail, cut to --kd-topk."""
     k = batch.topk_ids.shape[-1]
     topk_ids = batch.topk_ids.to(device, non_blocking=True).view(-1, k)
     topk_lp = batch.topk_logprobs.to(device, non_blocking=True).view(-1, k)
     tail = batch.tail_logmass.to(device, non_blocking=True).view(-1)
     if cfg.kd_topk is not None and cfg.kd_topk < k:
         topk_ids, topk_lp, tail = truncate_topk(topk_ids, topk_lp, tail, cfg.kd_topk)
-    loss, kl, ce = sparse_kl_loss(logits, topk_ids, topk_lp, tail, labels, kl_weight=kl_weight,
-                                  ce_weight=1.0, temperature=cfg.temperature, tail=cfg.kd_tail,
-                                  inplace_grad=True,
-                                  return_components=True)  # validates the cached ids/log-probs
-    return loss, ce, kl
+    return topk_ids, topk_lp, tail
 
 
 def truncate_topk(topk_ids: torch.Tensor, topk_logprobs: torch.Tensor,
