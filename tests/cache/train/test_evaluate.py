@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 from pathlib import Path
@@ -10,14 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-
-
-def _variant(src: Path, dst: Path, **config_changes) -> Path:
-    shutil.copytree(src, dst)
-    cfg = json.loads((dst / "config.json").read_text())
-    cfg.update(config_changes)
-    (dst / "config.json").write_text(json.dumps(cfg))
-    return dst
+from support.students import student_variant
 
 
 def test_perplexities_match_a_direct_computation(train_cache, tiny_student_dir):
@@ -110,7 +102,7 @@ def test_student_with_other_tokenizer_is_refused(train_cache, tiny_student_dir, 
     from ddk.cache.train.training_cache import open_cache
     from transformers import AutoTokenizer
 
-    other = _variant(tiny_student_dir, tmp_path / "other-tok")
+    other = student_variant(tiny_student_dir, tmp_path / "other-tok")
     tok = AutoTokenizer.from_pretrained(other)
     tok.add_tokens(["<extra_token>"])
     tok.save_pretrained(other)
@@ -157,7 +149,7 @@ def test_seq_len_beyond_student_positions_is_refused(train_cache, tiny_student_d
     from ddk.cache.train.student import load_student
     from ddk.cache.train.training_cache import open_cache
 
-    short = _variant(tiny_student_dir, tmp_path / "short", max_position_embeddings=16)
+    short = student_variant(tiny_student_dir, tmp_path / "short", max_position_embeddings=16)
     with pytest.raises(ConfigError, match="at most 16 positions"):
         load_student(short, open_cache(train_cache))
 

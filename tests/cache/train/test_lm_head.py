@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from support.students import small_train_config, student_variant
 
 pytest.importorskip("transformers")
 
@@ -34,32 +33,15 @@ def _qwen2_tied(vocab_size: int) -> torch.nn.Module:
 @pytest.fixture(scope="session")
 def tied_llama_student(tiny_student_dir, tmp_path_factory) -> Path:
     """The tiny llama student with tied input/output embeddings."""
-    dst = tmp_path_factory.mktemp("tied-student") / "s"
-    shutil.copytree(tiny_student_dir, dst)
-    cfg = json.loads((dst / "config.json").read_text())
-    cfg["tie_word_embeddings"] = True
-    (dst / "config.json").write_text(json.dumps(cfg))
-    return dst
+    return student_variant(tiny_student_dir, tmp_path_factory.mktemp("tied-student") / "s",
+                           tie_word_embeddings=True)
 
 
 @pytest.fixture(scope="session")
 def softcapped_student(tiny_student_dir, tmp_path_factory) -> Path:
     """The tiny llama student with logit soft-capping declared in its config."""
-    dst = tmp_path_factory.mktemp("softcap-student") / "s"
-    shutil.copytree(tiny_student_dir, dst)
-    cfg = json.loads((dst / "config.json").read_text())
-    cfg["final_logit_softcapping"] = 30.0
-    (dst / "config.json").write_text(json.dumps(cfg))
-    return dst
-
-
-def _cfg(cache, student, out, **kw):
-    from ddk.cache.train.config import TrainConfig
-
-    base = {"max_steps": 6, "interval": 3, "val_sequences": 3, "batch_size": 2, "lr": 1e-3,
-            "min_lr": 1e-4, "checkpoint_every": 0, "progress": False, "device": "cpu"}
-    base.update(kw)
-    return TrainConfig(cache=str(cache), student=str(student), out=str(out), **base)
+    return student_variant(tiny_student_dir, tmp_path_factory.mktemp("softcap-student") / "s",
+                           final_logit_softcapping=30.0)
 
 
 def _batch(reader):
@@ -82,7 +64,7 @@ def test_fused_micro_loss_and_gradients_equal_the_unfused_ones(
 
     reader = open_cache(train_cache)
     batch = _batch(reader)
-    cfg = _cfg(train_cache, tiny_student_dir, "unused", **kw)
+    cfg = small_train_config(train_cache, tiny_student_dir, "unused", **kw)
     model = (load_student(tiny_student_dir, reader)[0] if arch == "llama"
              else _qwen2_tied(reader.vocab_size))
     assert fused_head_problem(model) is None
@@ -110,7 +92,7 @@ def test_training_fused_and_unfused_gives_the_same_run(train_cache, tiny_student
     runs = {}
     for fused in (True, False):
         out = tmp_path / f"fused-{fused}"
-        res = train(_cfg(train_cache, student, out, fused_lm_head=fused))
+        res = train(small_train_config(train_cache, student, out, fused_lm_head=fused))
         assert res.summary["fused_lm_head"] is fused
         records = read_metrics(out / "metrics.jsonl")
         runs[fused] = ([r["loss"] for r in records if r["type"] == "step"],
@@ -129,7 +111,7 @@ def test_training_fused_and_unfused_gives_the_same_run(train_cache, tiny_student
 def test_a_plain_linear_head_is_fused_by_default(train_cache, tiny_student_dir, tmp_path):
     from ddk.cache.train.loop import train
 
-    res = train(_cfg(train_cache, tiny_student_dir, tmp_path / "run", max_steps=1))
+    res = train(small_train_config(train_cache, tiny_student_dir, tmp_path / "run", max_steps=1))
     assert res.summary["fused_lm_head"] is True
 
 
@@ -168,12 +150,13 @@ def test_auto_falls_back_with_one_log_line_and_forced_on_is_refused(
     from ddk.cache.train.loop import train
 
     with caplog.at_level("WARNING", logger="ddk.cache.train.lm_head"):
-        res = train(_cfg(train_cache, softcapped_student, tmp_path / "auto", max_steps=1))
+        res = train(small_train_config(train_cache, softcapped_student, tmp_path / "auto",
+                                       max_steps=1))
     assert res.summary["fused_lm_head"] is False
     lines = [r.getMessage() for r in caplog.records if r.name == "ddk.cache.train.lm_head"]
     assert len(lines) == 1 and "final_logit_softcapping" in lines[0]
     with pytest.raises(ConfigError, match="--no-fused-lm-head"):
-        train(_cfg(train_cache, softcapped_student, tmp_path / "forced", max_steps=1,
+        train(small_train_config(train_cache, softcapped_student, tmp_path / "forced", max_steps=1,
                    fused_lm_head=True))
     assert not (tmp_path / "forced").exists()
 

@@ -17,26 +17,16 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from support.students import small_train_config, student_variant
 
 
 @pytest.fixture(scope="session")
 def dropout_student(tiny_student_dir, tmp_path_factory) -> Path:
     """The tiny student with attention dropout, so training consumes torch RNG (resume test)."""
-    dst = tmp_path_factory.mktemp("dropout-student") / "s"
-    shutil.copytree(tiny_student_dir, dst)
-    cfg = json.loads((dst / "config.json").read_text())
-    cfg["attention_dropout"] = 0.1
-    (dst / "config.json").write_text(json.dumps(cfg))
-    return dst
+    return student_variant(tiny_student_dir, tmp_path_factory.mktemp("dropout-student") / "s",
+                           attention_dropout=0.1)
 
 
-def _cfg(cache, student, out, **kw):
-    from ddk.cache.train.config import TrainConfig
-
-    base = {"max_steps": 6, "interval": 3, "val_sequences": 3, "batch_size": 2, "lr": 1e-3, "min_lr": 1e-4,
-                "checkpoint_every": 0, "progress": False, "device": "cpu"}
-    base.update(kw)
-    return TrainConfig(cache=str(cache), student=str(student), out=str(out), **base)
 
 
 def _records(out: Path, kind: str) -> list[dict]:
@@ -66,7 +56,7 @@ def test_ddk_run_writes_outputs_and_applies_the_ddk_updates(train_cache, tiny_st
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = tmp_path / "run"
-    res = train(_cfg(train_cache, tiny_student_dir, out, gamma=0.5))
+    res = train(small_train_config(train_cache, tiny_student_dir, out, gamma=0.5))
     assert res.steps == 6 and res.tokens == 6 * 2 * 32 and res.interrupted_by is None
 
     # a plain save_pretrained directory with the tokenizer, changed by training
@@ -111,11 +101,12 @@ def test_kd_and_cpt_keep_a_fixed_mixture_and_cpt_is_ce_only(train_cache, tiny_st
     natural = [t / sum(tokens) for t in tokens]
     assert max(natural) - min(natural) > 0.1  # the domains differ in size
 
-    train(_cfg(train_cache, tiny_student_dir, tmp_path / "kd", method="kd", mixture="uniform"))
+    train(small_train_config(train_cache, tiny_student_dir, tmp_path / "kd", method="kd",
+                             mixture="uniform"))
     for r in _records(tmp_path / "kd", "interval"):
         assert r["weights"] == pytest.approx([1 / 3] * 3)
 
-    train(_cfg(train_cache, tiny_student_dir, tmp_path / "cpt", method="cpt",
+    train(small_train_config(train_cache, tiny_student_dir, tmp_path / "cpt", method="cpt",
                mixture="natural", gamma=0.7))
     for r in _records(tmp_path / "cpt", "interval"):
         assert r["weights"] == pytest.approx(natural)
@@ -127,7 +118,7 @@ def test_max_tokens_sets_the_number_of_steps(train_cache, tiny_student_dir, tmp_
     from ddk.cache.train.loop import train
 
     # 2 sequences x 32 tokens x 2 micro-batches = 128 tokens per step; 300 tokens -> 3 steps
-    res = train(_cfg(train_cache, tiny_student_dir, tmp_path / "r", max_steps=None,
+    res = train(small_train_config(train_cache, tiny_student_dir, tmp_path / "r", max_steps=None,
                      max_tokens=300, grad_accum=2, interval=100))
     assert res.steps == 3 and res.tokens == 384
 
@@ -141,7 +132,7 @@ def test_student_with_padded_vocab_trains(train_cache, tiny_student_dir, tmp_pat
     m = AutoModelForCausalLM.from_pretrained(big)
     m.resize_token_embeddings(m.config.vocab_size + 32)
     m.save_pretrained(big)
-    res = train(_cfg(train_cache, big, tmp_path / "r", max_steps=2))
+    res = train(small_train_config(train_cache, big, tmp_path / "r", max_steps=2))
     assert res.steps == 2 and all(math.isfinite(r["loss"]) for r in _records(tmp_path / "r",
                                                                               "step"))
 
@@ -169,7 +160,7 @@ def test_micro_loss_matches_a_hand_written_ce_plus_kl(train_cache, tiny_student_
     batch = read_plan(reader, reader.domains,
                       DomainSampler([reader.num_sequences(d, "train") for d in reader.domains],
                                     [1, 1, 1], seed=0).draw(3))
-    cfg = _cfg(train_cache, tiny_student_dir, "unused", method=method, gamma=0.3,
+    cfg = small_train_config(train_cache, tiny_student_dir, "unused", method=method, gamma=0.3,
                temperature=2.0)
     model, _ = load_student(tiny_student_dir, reader)
     loss, ce, kl = micro_loss(model, batch, cfg, torch.device("cpu"), None)
@@ -221,7 +212,7 @@ def test_bad_options_fail_before_training(train_cache, tiny_student_dir, tmp_pat
     from ddk.cache.train.loop import train
 
     with pytest.raises(ConfigError, match=match):
-        train(_cfg(train_cache, tiny_student_dir, tmp_path / "r", **kw))
+        train(small_train_config(train_cache, tiny_student_dir, tmp_path / "r", **kw))
     assert not (tmp_path / "r" / "checkpoints").exists()
     assert not (tmp_path / "r" / "model").exists()
 
@@ -230,13 +221,9 @@ def test_student_cache_mismatch_fails_before_training(train_cache, tiny_student_
     from ddk.cache.errors import ConfigError
     from ddk.cache.train.loop import train
 
-    short = tmp_path / "short"
-    shutil.copytree(tiny_student_dir, short)
-    cfg = json.loads((short / "config.json").read_text())
-    cfg["max_position_embeddings"] = 16
-    (short / "config.json").write_text(json.dumps(cfg))
+    short = student_variant(tiny_student_dir, tmp_path / "short", max_position_embeddings=16)
     with pytest.raises(ConfigError, match="positions"):
-        train(_cfg(train_cache, short, tmp_path / "r"))
+        train(small_train_config(train_cache, short, tmp_path / "r"))
     assert not (tmp_path / "r").exists()
 
 
@@ -246,11 +233,12 @@ def test_existing_run_needs_resume_and_resume_needs_same_options(train_cache, ti
     from ddk.cache.train.loop import train
 
     out = tmp_path / "r"
-    train(_cfg(train_cache, tiny_student_dir, out, max_steps=4, checkpoint_every=2))
+    train(small_train_config(train_cache, tiny_student_dir, out, max_steps=4, checkpoint_every=2))
     with pytest.raises(ConfigError, match="--resume"):
-        train(_cfg(train_cache, tiny_student_dir, out, max_steps=4))
+        train(small_train_config(train_cache, tiny_student_dir, out, max_steps=4))
     with pytest.raises(ConfigError, match="batch_size=2"):
-        train(_cfg(train_cache, tiny_student_dir, out, max_steps=4, batch_size=3, resume=True))
+        train(small_train_config(train_cache, tiny_student_dir, out, max_steps=4, batch_size=3,
+                                 resume=True))
 
 
 # -- kill / resume identity (subprocesses) ----------------------------------------------------

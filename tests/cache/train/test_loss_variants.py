@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from support.students import small_train_config
 
 
 # -- 1. full_vocab_kd_loss ---------------------------------------------------------------------
@@ -186,13 +187,8 @@ def test_parse_weights_errors_show_the_format(text):
 
 # -- runs on the real tiny cache ---------------------------------------------------------------
 def _cfg(cache, student, out, **kw):
-    from ddk.cache.train.config import TrainConfig
-
-    base = {"method": "kd", "max_steps": 1, "interval": 1, "val_sequences": 2, "batch_size": 2,
-            "lr": 1e-3, "min_lr": 1e-4, "checkpoint_every": 0, "progress": False,
-            "device": "cpu"}
-    base.update(kw)
-    return TrainConfig(cache=str(cache), student=str(student), out=str(out), **base)
+    base = {"method": "kd", "max_steps": 1, "interval": 1, "val_sequences": 2}
+    return small_train_config(cache, student, out, **{**base, **kw})
 
 
 def _records(out: Path, kind: str) -> list[dict]:

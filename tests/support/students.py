@@ -1,0 +1,30 @@
+"""Shared by the trainer tests: student variants on disk and a small, fast TrainConfig.
+
+Not a test module: tests import it as `support.students` (tests/ is on pytest's pythonpath).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+
+def student_variant(src: Path, dst: Path, **config_changes: Any) -> Path:
+    """A copy of the student directory `src` at `dst` with config.json fields changed."""
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg.update(config_changes)
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+def small_train_config(cache: Any, student: Any, out: Any, **kw: Any) -> Any:
+    """A TrainConfig for a few CPU steps on the tiny cache; `kw` overrides the defaults."""
+    from ddk.cache.train.config import TrainConfig
+
+    base = {"max_steps": 6, "interval": 3, "val_sequences": 3, "batch_size": 2, "lr": 1e-3,
+            "min_lr": 1e-4, "checkpoint_every": 0, "progress": False, "device": "cpu"}
+    base.update(kw)
+    return TrainConfig(cache=str(cache), student=str(student), out=str(out), **base)
