@@ -8,15 +8,25 @@ whole process, the step's own memory (peak RSS minus RSS after setup: model, opt
 after a first warm-up step, batch), and tokens/s over the timed steps; then fused/unfused
 ratios from this same run. On CUDA, torch.cuda.max_memory_allocated replaces RSS.
 
+The children run with glibc's mmap threshold pinned (MALLOC_MMAP_THRESHOLD_=65536, unless
+set already): by default glibc raises it as large blocks are freed, so the warm-up step's
+freed tensors stay in the heap, inflate the RSS baseline and make the step memory read low
+and noisy. Pinned, every large tensor is its own mapping and freeing it lowers RSS.
+Variants alternate for `--repeats` rounds; tokens/s is the median round (the 2-core CI-class
+machines vary by +-10% between runs), memory the first round's (it repeats to the MiB).
+
     python bench/bench_fused_head.py [--vocab 49152] [--hidden 576] [--layers 2]
-        [--batch 8] [--seq-len 512] [--k 32] [--steps 3] [--device cpu|cuda] [--json]
+        [--batch 8] [--seq-len 512] [--k 32] [--steps 3] [--repeats 3] [--device cpu|cuda]
+        [--json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -94,6 +104,7 @@ def _parse(argv=None):
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3, help="alternating rounds per variant")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true")
     p.add_argument("--variant", choices=["fused", "unfused"], help=argparse.SUPPRESS)
@@ -105,14 +116,20 @@ def main(argv=None) -> None:
     if args.variant:  # child
         print(json.dumps(_child(args)))
         return
-    rows = {}
+    runs: dict[str, list[dict]] = {"unfused": [], "fused": []}
     base_argv = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--json"]
-    for variant in ("unfused", "fused"):
-        out = subprocess.run([sys.executable, __file__, *base_argv, "--variant", variant],
-                             check=True, stdout=subprocess.PIPE, text=True).stdout
-        rows[variant] = json.loads(out.strip().splitlines()[-1])
+    env = {"MALLOC_MMAP_THRESHOLD_": "65536", **os.environ}
+    for _ in range(args.repeats):
+        for variant in runs:
+            out = subprocess.run([sys.executable, __file__, *base_argv, "--variant", variant],
+                                 check=True, stdout=subprocess.PIPE, text=True, env=env).stdout
+            runs[variant].append(json.loads(out.strip().splitlines()[-1]))
+    rows = {v: {**r[0], "tokens_per_s": statistics.median(x["tokens_per_s"] for x in r),
+                "tokens_per_s_rounds": [x["tokens_per_s"] for x in r]}
+            for v, r in runs.items()}
     f, u = rows["fused"], rows["unfused"]
     result = {"config": {k: v for k, v in vars(args).items() if k not in ("variant", "json")},
+              "malloc_mmap_threshold": env["MALLOC_MMAP_THRESHOLD_"],
               "unfused": u, "fused": f,
               "peak_ratio": f["peak_bytes"] / u["peak_bytes"],
               "step_memory_ratio": f["step_bytes"] / u["step_bytes"],

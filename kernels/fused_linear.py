@@ -18,9 +18,12 @@ from ddk.kernels.inputs import LossOptions, PreparedTargets, prepare_targets
 from ddk.kernels.reduction import combine_rows, reduce_rows
 from ddk.kernels.sparse_kl import is_one
 
-# Aim for about this many bytes of logits per chunk (256 MiB): big enough for efficient
-# GEMMs, small next to the N x V logits it replaces.
-CHUNK_BYTES = 1 << 28
+# Aim for about this many bytes of logits per chunk (64 MiB): still hundreds of rows at
+# today's vocabularies (192 at V = 151936 in bf16), enough for efficient GEMMs, and small
+# next to the N x V logits it replaces. The CPU path allocates about two chunk-sized fp32
+# buffers on top of the chunk, so 256 MiB chunks cost ~270 MiB more per training step at
+# V = 49152 than these (docs/benchmarks.md, fused LM head).
+CHUNK_BYTES = 1 << 26
 
 
 def default_chunk_rows(n: int, v: int, dtype: torch.dtype) -> int:
@@ -178,7 +181,7 @@ def fused_linear_sparse_kl_loss(
     hidden [N, H] and lm_head_weight [V, H] share one float dtype and device; the logits
     of each chunk are computed in that dtype (as the model's LM head would). Options as in
     sparse_kl_loss except: reduction is "mean" or "sum" (per-row weights cannot be applied
-    to d/d(weight) after the fact), chunk_rows (default ~256 MiB of logits per chunk) and
+    to d/d(weight) after the fact), chunk_rows (default ~64 MiB of logits per chunk) and
     weight_grad_fp32 (accumulate d/d(weight) across chunks in fp32 for 16-bit weights;
     default False: accumulate in the weight dtype, one rounding per chunk).
     No bias (LM heads of current models have none). Backward may run once per forward.

@@ -117,6 +117,6 @@ def test_fused_only_hidden_requires_grad_and_no_grad(make_case, relerr):
 def test_default_chunk_rows():
     from ddk.kernels.fused_linear import default_chunk_rows
 
-    assert default_chunk_rows(8192, 151936, torch.bfloat16) == 832  # ~256 MiB of bf16 logits
+    assert default_chunk_rows(8192, 151936, torch.bfloat16) == 192  # ~64 MiB of bf16 logits
     assert default_chunk_rows(10, 151936, torch.bfloat16) == 10
     assert default_chunk_rows(100_000, 10**9, torch.float32) == 64
