@@ -120,10 +120,10 @@ def main(argv=None) -> None:
     base_argv = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--json"]
     env = {"MALLOC_MMAP_THRESHOLD_": "65536", **os.environ}
     for _ in range(args.repeats):
-        for variant in runs:
+        for variant, rounds in runs.items():
             out = subprocess.run([sys.executable, __file__, *base_argv, "--variant", variant],
                                  check=True, stdout=subprocess.PIPE, text=True, env=env).stdout
-            runs[variant].append(json.loads(out.strip().splitlines()[-1]))
+            rounds.append(json.loads(out.strip().splitlines()[-1]))
     rows = {v: {**r[0], "tokens_per_s": statistics.median(x["tokens_per_s"] for x in r),
                 "tokens_per_s_rounds": [x["tokens_per_s"] for x in r]}
             for v, r in runs.items()}

@@ -64,7 +64,7 @@ def write_checkpoint(ckpt_dir: Path, step: int, state: dict[str, Any], keep: int
 def save_checkpoint(state: TrainState, ckpt_dir: Path, d: Dist, keep: int) -> None:
     """Collective: gather every rank's RNG and sampler snapshot; rank 0 writes; all wait."""
     rng = gather(rng_state(), d)
-    samplers = gather(state.snapshot, d)
+    samplers = gather(state.mixture.snapshot, d)
     if d.rank == 0:
         write_checkpoint(ckpt_dir, state.step, state.to_checkpoint(samplers, rng), keep)
     barrier(d)

@@ -3,8 +3,9 @@
 `train(cfg)` runs three named parts, in the manner of litgpt's pretrain.py:
 
     prepare  every check that can fail (options, run dir, cache, student), then the student on
-             its device, AdamW, DDP, the domain sampler, and, with resume=True, the checkpoint
-             restored into a TrainState (state.py) -> (Run, TrainState)
+             its device, AdamW, DDP, the domain mixture (mixture.py: the sampler and the
+             interval schedule), and, with resume=True, the checkpoint restored into a
+             TrainState (state.py) -> (Run, TrainState)
     fit      the step loop: every `interval` steps measure each domain's student perplexity on
              its cached validation split and (ddk) re-weight the domains; then, step by step,
              draw micro-batches by the domain weights and take one optimizer step (step.py:
@@ -22,7 +23,7 @@ fewer entries than cached (kd_topk), or the teacher's full distribution recomput
 every step (online_teacher, see full_vocab_kd.py).
 
 `Run` holds what prepare builds from the config and fit/finish only read (reader, model, the
-optimizer, sampler, metrics log, resolved step budget); `TrainState` holds everything fit
+optimizer, mixture, metrics log, resolved step budget); `TrainState` holds everything fit
 advances and a checkpoint must carry. Nothing else survives a restart, which is why a resumed
 run is exact.
 
@@ -43,7 +44,7 @@ validation perplexities are all-reduced, and rank 0 alone writes checkpoints, me
 model.
 
 The order of everything that touches an RNG in prepare (model load, torch.manual_seed, moving
-the model, AdamW, DDP, the sampler, restoring the checkpoint's RNG before the barrier) is part
+the model, AdamW, DDP, restoring the checkpoint's RNG before the barrier) is part
 of the results: keep it when editing.
 """
 
@@ -68,12 +69,6 @@ from ddk.cache.train.checkpoint import (
     save_model,
 )
 from ddk.cache.train.config import TrainConfig
-from ddk.cache.train.ddk_weights import (
-    explicit_weights,
-    fixed_weights,
-    initial_weights,
-    update_weights,
-)
 from ddk.cache.train.device import resolve_autocast
 from ddk.cache.train.distributed import (
     Dist,
@@ -84,11 +79,12 @@ from ddk.cache.train.distributed import (
 )
 from ddk.cache.train.evaluate import DomainPerplexity, evaluate_domains
 from ddk.cache.train.full_vocab_kd import load_online_teacher
+from ddk.cache.train.lm_head import FusedHeadLoss, is_fused_head, use_fused_head
 from ddk.cache.train.metrics import MetricsLog, plot_metrics
-from ddk.cache.train.sampler import DomainSampler, PrefetchLoader
+from ddk.cache.train.mixture import DomainMixture
+from ddk.cache.train.sampler import PrefetchLoader
 from ddk.cache.train.signals import StopFlag
 from ddk.cache.train.state import TrainState
-from ddk.cache.train.lm_head import FusedHeadLoss, is_fused_head, use_fused_head
 from ddk.cache.train.step import lr_at, optimizer_step, truncate_topk
 from ddk.cache.train.student import load_student
 from ddk.cache.train.training_cache import open_cache
@@ -125,8 +121,7 @@ class Run:
     max_steps: int
     warmup: int
     tokens_per_step: int                   # over all ranks
-    sampler: DomainSampler
-    fixed: torch.Tensor | None             # kd / cpt mixture; None for ddk
+    mixture: DomainMixture                 # this rank's sampler and the interval schedule
     metrics: MetricsLog
 
     @property
@@ -162,7 +157,7 @@ def train(cfg: TrainConfig) -> TrainResult:
 
 # -- prepare ------------------------------------------------------------------------------
 def prepare(cfg: TrainConfig, d: Dist) -> tuple[Run, TrainState]:
-    """Checks, cache, student, optimizer, DDP, sampler; the checkpoint restored if resuming.
+    """Checks, cache, student, optimizer, DDP, mixture; the checkpoint restored if resuming.
 
     Every check that can fail comes before any work, and nothing is written before every
     rank has passed them (the barrier).
@@ -177,8 +172,7 @@ def prepare(cfg: TrainConfig, d: Dist) -> tuple[Run, TrainState]:
     save_dtype = _model_dtype(model)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    domains = reader.domains
-    train_tokens = [reader.num_tokens(dom, "train") for dom in domains]
+    train_tokens = [reader.num_tokens(dom, "train") for dom in reader.domains]
     tokens_per_step = cfg.batch_size * cfg.grad_accum * d.world * reader.seq_len
     max_steps, warmup = _schedule(cfg, sum(train_tokens), tokens_per_step)
     resolved = {**asdict(cfg), "max_steps": max_steps, "warmup": warmup, "world_size": d.world}
@@ -194,10 +188,6 @@ def prepare(cfg: TrainConfig, d: Dist) -> tuple[Run, TrainState]:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         net = DDP(net, device_ids=[d.device.index] if d.device.type == "cuda" else None)
-    sampler = DomainSampler([reader.num_sequences(dom, "train") for dom in domains],
-                            [1.0] * len(domains), seed=cfg.seed, rank=d.rank)
-    fixed = _fixed_mixture(cfg, domains, train_tokens)
-
     state = TrainState(model, opt, resolved)
     if cfg.resume and latest is not None:
         load_checkpoint(state, latest, d)  # restores this rank's RNG too
@@ -205,10 +195,10 @@ def prepare(cfg: TrainConfig, d: Dist) -> tuple[Run, TrainState]:
     metrics = MetricsLog(out / "metrics.jsonl", enabled=d.rank == 0,
                          tensorboard_dir=out / "tensorboard" if cfg.tensorboard else None)
     metrics.truncate(state.step)  # drop what a killed run logged after its checkpoint
-    if state.snapshot is not None:  # resumed mid-interval: the sampler as it was at its start
-        sampler.load_state_dict(state.snapshot)
+    mixture = DomainMixture(cfg, reader, state.mixture, rank=d.rank,  # resumed: sampler restored
+                            pin_memory=d.device.type == "cuda")
     run = Run(cfg, d, reader, model, net, tokenizer, opt, teacher, amp, save_dtype, max_steps,
-              warmup, tokens_per_step, sampler, fixed, metrics)
+              warmup, tokens_per_step, mixture, metrics)
     return run, state
 
 
@@ -248,23 +238,13 @@ def _schedule(cfg: TrainConfig, train_tokens: int, tokens_per_step: int) -> tupl
     return max_steps, warmup
 
 
-def _fixed_mixture(cfg: TrainConfig, domains: list[str],
-                   train_tokens: list[int]) -> torch.Tensor | None:
-    """The kd / cpt domain weights (explicit, or natural / uniform); None for ddk."""
-    if cfg.method == "ddk":
-        return None
-    if cfg.domain_weights is not None:
-        return explicit_weights(cfg.domain_weights, domains)
-    return fixed_weights(cfg.mixture, train_tokens)
-
-
 # -- fit ----------------------------------------------------------------------------------
 def fit(run: Run, state: TrainState) -> FitStats:
     """The step loop, from state.step to max_steps or a signal; advances `state` in place."""
-    cfg = run.cfg
+    cfg, mixture = run.cfg, run.mixture
     loader = None
-    if state.snapshot is not None:  # resumed: replay this interval's draws up to the checkpoint
-        loader = _loader(run, state, skip=(state.step - state.interval_start) * cfg.grad_accum)
+    if state.mixture.snapshot is not None:  # resumed: replay the interval up to the checkpoint
+        loader = mixture.loader(state.step)
 
     from tqdm.auto import tqdm
 
@@ -275,12 +255,12 @@ def fit(run: Run, state: TrainState) -> FitStats:
         cleanup.callback(lambda: loader is not None and loader.close())
         cleanup.callback(bar.close)
         while state.step < run.max_steps:
-            if state.step == state.interval_start + state.interval_len:  # measure, re-weight
+            if mixture.due(state.step):  # measure, re-weight
                 if loader is not None:
                     stats.loader_wait += loader.wait_s
                     loader.close()
                 _start_interval(run, state)
-                loader = _loader(run, state, skip=0)
+                loader = mixture.loader(state.step)
             stats.interrupted = _train_step(run, state, loader, stop, bar, stats)
             if stats.interrupted or (cfg.checkpoint_every
                                      and state.step % cfg.checkpoint_every == 0
@@ -293,43 +273,17 @@ def fit(run: Run, state: TrainState) -> FitStats:
     return stats
 
 
-def _loader(run: Run, state: TrainState, skip: int) -> PrefetchLoader:
-    """A loader for the current interval's micro-batches, the first `skip` of them dropped."""
-    cfg = run.cfg
-    return PrefetchLoader(run.reader, run.domains, run.sampler, cfg.batch_size,
-                          state.interval_len * cfg.grad_accum, skip=skip, depth=cfg.prefetch,
-                          pin_memory=run.d.device.type == "cuda")
-
-
 def _evaluate(run: Run) -> list[DomainPerplexity]:
     return evaluate_domains(run.model, run.reader, max_sequences=run.cfg.val_sequences,
                             batch_size=run.cfg.eval_batch_size or run.cfg.batch_size,
                             device=run.d.device, autocast_dtype=run.amp)
 
 
-def _next_weights(cfg: TrainConfig, prev: torch.Tensor | None, ppl: list[DomainPerplexity],
-                  fixed: torch.Tensor | None) -> torch.Tensor:
-    if cfg.method != "ddk":
-        return fixed
-    s = [p.student_ppl for p in ppl]
-    t = [p.teacher_ppl for p in ppl]
-    return initial_weights(s, t) if prev is None else update_weights(prev, s, t, cfg.alpha)
-
-
 def _start_interval(run: Run, state: TrainState) -> None:
     """Measure every domain, set the weights for the next `interval` steps, log them."""
-    ppl = _evaluate(run)
-    state.weights = _next_weights(run.cfg, state.weights, ppl, run.fixed)
-    rec = {"step": state.step, "weights": state.weights.tolist(),
-           "ppl_student": [p.student_ppl for p in ppl],
-           "ppl_teacher": [p.teacher_ppl for p in ppl]}
-    state.history.append(rec)
+    rec = run.mixture.start_interval(state.step, _evaluate(run), run.max_steps)
     run.metrics.log_interval(state.step, run.domains, rec["weights"], rec["ppl_student"],
                              rec["ppl_teacher"])
-    run.sampler.set_weights(state.weights)
-    state.snapshot = run.sampler.state_dict()
-    state.interval_start = state.step
-    state.interval_len = min(run.cfg.interval, run.max_steps - state.step)
 
 
 def _train_step(run: Run, state: TrainState, loader: PrefetchLoader, stop: StopFlag, bar: Any,
@@ -364,8 +318,8 @@ def finish(run: Run, state: TrainState, stats: FitStats) -> TrainResult:
     final: list[DomainPerplexity] = []
     if stats.interrupted is None:
         final = _evaluate(run)
-        if state.weights is not None:
-            run.metrics.log_interval(state.step, run.domains, state.weights.tolist(),
+        if state.mixture.weights is not None:
+            run.metrics.log_interval(state.step, run.domains, state.mixture.weights.tolist(),
                                      [p.student_ppl for p in final],
                                      [p.teacher_ppl for p in final])
     summary = _summary(run, state, stats, final)
@@ -379,7 +333,7 @@ def finish(run: Run, state: TrainState, stats: FitStats) -> TrainResult:
     run.metrics.close()
     barrier(run.d)
     return TrainResult(run.out, state.step, state.tokens, stats.interrupted, final,
-                       state.history, summary, run.model)
+                       state.mixture.history, summary, run.model)
 
 
 def _summary(run: Run, state: TrainState, stats: FitStats,
@@ -394,6 +348,6 @@ def _summary(run: Run, state: TrainState, stats: FitStats,
                                if stats.train_time > 0 else None),
         "loader_wait_s": stats.loader_wait, "train_time_s": stats.train_time,
         "wall_s": time.perf_counter() - stats.t_start, "interrupted_by": stats.interrupted,
-        "domains": run.domains, "weight_history": state.history,
+        "domains": run.domains, "weight_history": state.mixture.history,
         "final": [p.to_dict() for p in final], "config": state.config,
     }

@@ -4,7 +4,7 @@ The step loop advances this object and nothing else that must survive a restart,
 resumed run is exact by construction: `to_checkpoint` writes every field, `restore` reads every
 field back (and refuses a checkpoint whose run-defining options differ from this run's).
 Everything else a run uses (cache reader, sampler, loader, metrics log) is rebuilt from the
-config on resume; the sampler is then put back from this state's snapshot.
+config on resume; the sampler is then put back from the mixture's snapshot (mixture.py).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from ddk.cache.errors import ConfigError
 from ddk.cache.train.config import RESUME_KEYS
+from ddk.cache.train.mixture import MixtureState
 
 __all__ = ["TrainState", "rng_state", "set_rng_state"]
 
@@ -42,26 +43,23 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 @dataclass
 class TrainState:
-    """The run's progress. Intervals: steps [interval_start, interval_start + interval_len)
-    are drawn with `weights`; `snapshot` is the sampler's state at interval_start."""
+    """The run's progress: optimizer steps and tokens, the model and optimizer they produced,
+    and the domain mixture's state (weights, history, current interval, sampler snapshot)."""
 
     model: torch.nn.Module                 # unwrapped (not DDP): its state_dict is saved
     optimizer: torch.optim.Optimizer
     config: dict[str, Any]                 # the resolved config (max_steps, warmup, world_size)
     step: int = 0                          # optimizer steps taken
     tokens: int = 0                        # tokens trained on, all ranks
-    weights: torch.Tensor | None = None    # the current domain weights (None before step 0)
-    history: list[dict[str, Any]] = field(default_factory=list)  # one record per interval
-    interval_start: int = 0
-    interval_len: int = 0
-    snapshot: dict[str, Any] | None = None  # this rank's DomainSampler.state_dict()
+    mixture: MixtureState = field(default_factory=MixtureState)
 
     def to_checkpoint(self, samplers: list[Any], rng: list[Any]) -> dict[str, Any]:
         """The dict saved as state.pt; `samplers` / `rng` hold every rank's snapshot / RNG."""
+        m = self.mixture
         return {
-            "step": self.step, "tokens": self.tokens, "weights": self.weights,
-            "history": self.history,
-            "interval_start": self.interval_start, "interval_len": self.interval_len,
+            "step": self.step, "tokens": self.tokens, "weights": m.weights,
+            "history": m.history,
+            "interval_start": m.interval_start, "interval_len": m.interval_len,
             "samplers": samplers, "rng": rng, "config": self.config,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
         }
@@ -81,8 +79,7 @@ class TrainState:
                 f"({', '.join(changed)}); resume with the original options or start a new --out")
         self.model.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
-        self.step, self.tokens, self.weights = ck["step"], ck["tokens"], ck["weights"]
-        self.history = ck["history"]
-        self.interval_start, self.interval_len = ck["interval_start"], ck["interval_len"]
-        self.snapshot = ck["samplers"][rank]
+        self.step, self.tokens = ck["step"], ck["tokens"]
+        self.mixture = MixtureState(ck["weights"], ck["history"], ck["interval_start"],
+                                    ck["interval_len"], ck["samplers"][rank])
         set_rng_state(ck["rng"][rank])

@@ -28,9 +28,11 @@ def _advance(state, d) -> None:
     """One real optimizer step and some progress, so nothing round-trips by accident."""
     state.model(torch.randn(4, 3)).sum().backward()
     state.optimizer.step()
-    state.step, state.tokens, state.weights = 7, 448, torch.tensor([0.25, 0.75])
-    state.history = [{"step": 6, "weights": [0.25, 0.75]}]
-    state.interval_start, state.interval_len, state.snapshot = 6, 3, {"rank": d.rank, "pos": 5}
+    from ddk.cache.train.mixture import MixtureState
+
+    state.step, state.tokens = 7, 448
+    state.mixture = MixtureState(torch.tensor([0.25, 0.75]), [{"step": 6, "weights": [0.25, 0.75]}],
+                                 6, 3, {"rank": d.rank, "pos": 5})
 
 
 def test_save_then_load_restores_everything(tmp_path):
@@ -58,9 +60,10 @@ def test_save_then_load_restores_everything(tmp_path):
     assert b.optimizer.state_dict()["state"][0]["step"] == 1
     assert torch.equal(b.optimizer.state_dict()["state"][0]["exp_avg"],
                        a.optimizer.state_dict()["state"][0]["exp_avg"])
-    assert (b.step, b.tokens, b.history, b.interval_start, b.interval_len, b.snapshot) == (
-        7, 448, a.history, 6, 3, {"rank": 0, "pos": 5})
-    assert torch.equal(b.weights, a.weights)
+    m = b.mixture
+    assert (b.step, b.tokens, m.history, m.interval_start, m.interval_len, m.snapshot) == (
+        7, 448, a.mixture.history, 6, 3, {"rank": 0, "pos": 5})
+    assert torch.equal(m.weights, a.mixture.weights)
     assert b.config == {"batch_size": 2}
 
 
