@@ -59,7 +59,7 @@ def _child(args) -> dict:
     import torch
     from ddk.cache.train.config import TrainConfig
     from ddk.cache.train.distributed import Dist
-    from ddk.cache.train.lm_head import FusedHeadLoss
+    from ddk.cache.train.lm_head import install_fused_forward
     from ddk.cache.train.step import optimizer_step
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -71,13 +71,15 @@ def _child(args) -> dict:
                          num_key_value_heads=args.hidden // 64,
                          max_position_embeddings=args.seq_len + 1, tie_word_embeddings=True)
     model = LlamaForCausalLM(config).to(dev).train()
-    net = FusedHeadLoss(model) if args.variant == "fused" else model
+    fused = args.variant == "fused"
+    if fused:
+        install_fused_forward(model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     cfg = TrainConfig(cache="", student="", out="", batch_size=args.batch)
     d = Dist(rank=0, world=1, device=dev, owns_group=False)
     batches = iter([_batch(args, torch.Generator().manual_seed(i))
                     for i in range(args.steps + 1)])
-    optimizer_step(net, model, opt, batches, cfg, d, None, 1e-5)  # warm-up: AdamW state
+    optimizer_step(model, model, opt, batches, cfg, d, None, 1e-5, fused=fused)  # warm-up
     if dev.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -86,7 +88,7 @@ def _child(args) -> dict:
         base = _current_rss_bytes()
     t0 = time.perf_counter()
     for _ in range(args.steps):
-        optimizer_step(net, model, opt, batches, cfg, d, None, 1e-5)
+        optimizer_step(model, model, opt, batches, cfg, d, None, 1e-5, fused=fused)
     if dev.type == "cuda":
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0

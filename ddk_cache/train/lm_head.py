@@ -10,8 +10,9 @@ It applies only where logits == last_hidden_state @ head.weight.T: a bias-free l
 (tied embeddings included) and a forward that adds nothing after it. `fused_head_problem`
 names the first thing that breaks this (soft-capping, logit scaling, a bias, ...), checking the
 config and then one small forward both ways, so an architecture it does not know is still
-caught. `FusedHeadLoss` puts the loss inside a module's forward so DDP sees one forward per
-micro-batch, as it does for the plain model.
+caught. `install_fused_forward` puts the loss inside the model's own forward (taken when a
+`FusedTarget` is passed), so DDP, FSDP2 and the transformers Trainer's wrappers see one
+ordinary forward per micro-batch, as they do for the unfused path.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 from ddk.cache.errors import ConfigError
 
-__all__ = ["FusedHeadLoss", "fused_head_problem", "is_fused_head", "use_fused_head"]
+__all__ = ["FusedTarget", "fused_head_problem", "install_fused_forward", "use_fused_head"]
 
 log = logging.getLogger(__name__)
 
@@ -74,54 +75,95 @@ def _probe_gap(model: Any, decoder: torch.nn.Module, head: torch.nn.Linear) -> f
         model.train(was_training)
 
 
-def use_fused_head(requested: bool | None, model: Any, online_teacher: bool, *,
+#: why a run with an online teacher cannot take the fused path (a `blocker` of use_fused_head)
+ONLINE_TEACHER_NEEDS_LOGITS = ("--online-teacher distils from the teacher's full logits, so "
+                               "the student's are needed too")
+
+
+def use_fused_head(requested: bool | None, model: Any, *, blocker: str | None = None,
                    say: bool = True) -> bool:
     """Whether this run takes the fused path: requested True/False, or None for automatic.
 
     Automatic falls back to the unfused path with one log line saying why; a forced True
-    that cannot work is a ConfigError. `say`: log the fallback (rank 0 only under torchrun).
+    that cannot work is a ConfigError. `blocker`: a reason outside the model that rules the
+    fused path out (an online teacher, a head sharded beyond the forward's reach), checked
+    before the model. `say`: log the fallback (rank 0 only under torchrun).
     """
     if requested is False:
         return False
-    problem = ("--online-teacher distils from the teacher's full logits, so the student's "
-               "are needed too") if online_teacher else fused_head_problem(model)
+    problem = blocker or fused_head_problem(model)
     if problem is None:
         return True
     if requested:
         raise ConfigError(f"--fused-lm-head cannot be used with this student: {problem}. "
-                          "Pass --no-fused-lm-head (or leave it unset to choose automatically)")
+                          "Pass --no-fused-lm-head (fused_lm_head=False in Python), or leave "
+                          "it unset to choose automatically")
     if say:
         log.warning("ddk: training with the unfused LM head (full logits): %s", problem)
     return False
 
 
-class FusedHeadLoss(torch.nn.Module):
-    """The student with the fused loss as its forward: (loss, kl, ce) for one micro-batch.
+class FusedTarget:
+    """One micro-batch's cached teacher target and loss options, for the fused forward.
 
-    Holds the model as `model`, so its parameters (and DDP's view of them) are the model's.
-    Under autocast the head runs in the autocast dtype, as the unfused Linear would.
+    A plain object, not a tensor container, so that wrappers which cast or move a forward's
+    tensor arguments (FSDP2's mixed-precision input cast, DDP's device move) leave the
+    teacher log-probs in fp32; its tensors are already on the model's device.
     """
 
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
+    __slots__ = ("amp", "kl_weight", "labels", "tail", "tail_logmass", "temperature",
+                 "topk_ids", "topk_logprobs")
 
-    def forward(self, input_ids: torch.Tensor, topk_ids: torch.Tensor,
-                topk_logprobs: torch.Tensor, tail_logmass: torch.Tensor, labels: torch.Tensor,
-                *, kl_weight: float, temperature: float, tail: str,
-                amp: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        from ddk.kernels import fused_linear_sparse_kl_loss
-
-        hidden = self.model.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state
-        weight = self.model.get_output_embeddings().weight
-        dtype = amp or weight.dtype
-        with torch.autocast(input_ids.device.type, enabled=False):
-            return fused_linear_sparse_kl_loss(
-                hidden.flatten(0, 1).to(dtype), weight.to(dtype), topk_ids, topk_logprobs,
-                tail_logmass, labels, kl_weight=kl_weight, ce_weight=1.0,
-                temperature=temperature, tail=tail, return_components=True)
+    def __init__(self, topk_ids: torch.Tensor, topk_logprobs: torch.Tensor,
+                 tail_logmass: torch.Tensor, labels: torch.Tensor, *, kl_weight: float,
+                 temperature: float, tail: str, amp: torch.dtype | None) -> None:
+        self.topk_ids, self.topk_logprobs, self.tail_logmass = topk_ids, topk_logprobs, tail_logmass
+        self.labels, self.kl_weight, self.temperature = labels, kl_weight, temperature
+        self.tail, self.amp = tail, amp
 
 
-def is_fused_head(net: torch.nn.Module) -> bool:
-    """Whether `net` (or the module DDP wraps) trains through FusedHeadLoss."""
-    return isinstance(getattr(net, "module", net), FusedHeadLoss)
+def install_fused_forward(model: torch.nn.Module) -> None:
+    """Give `model` a forward that takes `ddk_target=FusedTarget(...)` and returns the loss.
+
+    `model(input_ids=ids, ddk_target=t)` runs the decoder to its last hidden state and returns
+    (loss, kl, ce) from fused_linear_sparse_kl_loss against the head weight; without
+    `ddk_target` the model's own forward runs unchanged (evaluation, generation, the probe).
+    The loss runs inside the model's own forward, as Liger's model patches do, so whatever
+    wraps the model sees one ordinary forward per micro-batch: DDP syncs its gradients, and
+    FSDP2 has unsharded the root's parameters (the head weight among them) when it runs.
+    Installed once per model; it stays installed (it changes nothing without `ddk_target`).
+    """
+    if getattr(model, "_ddk_fused_forward", False):
+        return
+    original = model.forward
+
+    def forward(*args: Any, ddk_target: FusedTarget | None = None, **kwargs: Any) -> Any:
+        if ddk_target is None:
+            return original(*args, **kwargs)
+        return _fused_loss(model, kwargs["input_ids"], ddk_target)
+
+    model.forward = forward
+    model._ddk_fused_forward = True
+
+
+def _fused_loss(model: torch.nn.Module, input_ids: torch.Tensor,
+                t: FusedTarget) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, kl, ce) for one micro-batch from the hidden states and the head weight.
+
+    Under autocast the head runs in the autocast dtype, as the unfused Linear would.
+    """
+    from ddk.kernels import fused_linear_sparse_kl_loss
+
+    hidden = model.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state
+    weight = model.get_output_embeddings().weight
+    if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
+        raise ConfigError(
+            f"the LM head weight is {tuple(weight.shape)} inside the model's forward, not the "
+            "full [vocab, hidden] matrix (a sharding wrapper that gathers it only inside the "
+            "head's own forward?); train with --no-fused-lm-head (fused_lm_head=False)")
+    dtype = t.amp or weight.dtype
+    with torch.autocast(input_ids.device.type, enabled=False):
+        return fused_linear_sparse_kl_loss(
+            hidden.flatten(0, 1).to(dtype), weight.to(dtype), t.topk_ids, t.topk_logprobs,
+            t.tail_logmass, t.labels, kl_weight=t.kl_weight, ce_weight=1.0,
+            temperature=t.temperature, tail=t.tail, return_components=True)

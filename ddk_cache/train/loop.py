@@ -79,7 +79,11 @@ from ddk.cache.train.distributed import (
 )
 from ddk.cache.train.evaluate import DomainPerplexity, evaluate_domains
 from ddk.cache.train.full_vocab_kd import load_online_teacher
-from ddk.cache.train.lm_head import FusedHeadLoss, is_fused_head, use_fused_head
+from ddk.cache.train.lm_head import (
+    ONLINE_TEACHER_NEEDS_LOGITS,
+    install_fused_forward,
+    use_fused_head,
+)
 from ddk.cache.train.metrics import MetricsLog, plot_metrics
 from ddk.cache.train.mixture import DomainMixture
 from ddk.cache.train.sampler import PrefetchLoader
@@ -113,6 +117,7 @@ class Run:
     reader: Any
     model: torch.nn.Module                 # unwrapped
     net: torch.nn.Module                   # what is trained: `model`, DDP-wrapped under torchrun
+    fused: bool                            # loss from the hidden states (lm_head.py)
     tokenizer: Any
     optimizer: torch.optim.Optimizer
     teacher: torch.nn.Module | None        # online teacher (full-vocabulary KD) or None
@@ -182,8 +187,11 @@ def prepare(cfg: TrainConfig, d: Dist) -> tuple[Run, TrainState]:
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                             fused=d.device.type == "cuda")
-    fused = use_fused_head(cfg.fused_lm_head, model, teacher is not None, say=d.rank == 0)
-    net: torch.nn.Module = FusedHeadLoss(model) if fused else model
+    fused = use_fused_head(cfg.fused_lm_head, model, say=d.rank == 0,
+                           blocker=ONLINE_TEACHER_NEEDS_LOGITS if teacher is not None else None)
+    if fused:
+        install_fused_forward(model)
+    net: torch.nn.Module = model
     if d.world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -197,7 +205,7 @@ def prepare(cfg: TrainConfig, d: Dist) -> tuple[Run, TrainState]:
     metrics.truncate(state.step)  # drop what a killed run logged after its checkpoint
     mixture = DomainMixture(cfg, reader, state.mixture, rank=d.rank,  # resumed: sampler restored
                             pin_memory=d.device.type == "cuda")
-    run = Run(cfg, d, reader, model, net, tokenizer, opt, teacher, amp, save_dtype, max_steps,
+    run = Run(cfg, d, reader, model, net, fused, tokenizer, opt, teacher, amp, save_dtype, max_steps,
               warmup, tokens_per_step, mixture, metrics)
     return run, state
 
@@ -294,7 +302,7 @@ def _train_step(run: Run, state: TrainState, loader: PrefetchLoader, stop: StopF
     lr = lr_at(state.step, max_steps=run.max_steps, warmup=run.warmup, lr=cfg.lr,
                min_lr=cfg.min_lr)
     sums = optimizer_step(run.net, run.model, run.optimizer, loader, cfg, d, run.amp, lr,
-                         run.teacher)  # one host sync
+                          run.teacher, fused=run.fused)  # one host sync
     sums[4] = 1.0 if stop.signum is not None else 0.0
     sums = all_reduce(sums, d)  # (sums over ranks) loss, ce, kl, grad norm, stop
     grad_norm = float(sums[3]) / d.world
@@ -343,7 +351,7 @@ def _summary(run: Run, state: TrainState, stats: FitStats,
     return {
         "method": run.cfg.method, "steps": state.step, "max_steps": run.max_steps,
         "tokens": state.tokens, "tokens_per_step": tps, "world_size": run.d.world,
-        "fused_lm_head": is_fused_head(run.net),
+        "fused_lm_head": run.fused,
         "train_tokens_per_s": (tps * stats.steps_run / stats.train_time
                                if stats.train_time > 0 else None),
         "loader_wait_s": stats.loader_wait, "train_time_s": stats.train_time,

@@ -2,9 +2,9 @@
 
 Every method takes the same path: one ddk.kernels.sparse_kl_loss call per micro-batch
 (CE + gamma * T^2 * KL over the cached top-k; cpt: gamma = 0), or the same loss from the
-hidden states and head weight without the full logits (lm_head.FusedHeadLoss, when `net` is
-one), or, with an online teacher, the full-vocabulary loss of full_vocab_kd.py. `truncate_topk` cuts the cached top-k to fewer
-entries (--kd-topk). The LR is a pure function of the step, so a checkpoint need not store it.
+hidden states and head weight without the full logits (fused=True: the model's forward
+installed by lm_head.install_fused_forward), or, with an online teacher, the full-vocabulary
+loss of full_vocab_kd.py. `truncate_topk` cuts the cached top-k to fewer entries (--kd-topk). The LR is a pure function of the step, so a checkpoint need not store it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from ddk.cache.train.config import TrainConfig
 from ddk.cache.train.distributed import Dist
 from ddk.cache.train.full_vocab_kd import full_vocab_kd_loss
-from ddk.cache.train.lm_head import is_fused_head
+from ddk.cache.train.lm_head import FusedTarget
 from ddk.cache.train.sampler import PrefetchLoader, SampledBatch
 
 __all__ = ["lr_at", "micro_loss", "optimizer_step", "truncate_topk"]
@@ -33,7 +33,7 @@ def lr_at(step: int, *, max_steps: int, warmup: int, lr: float, min_lr: float) -
 
 def micro_loss(model: torch.nn.Module, batch: SampledBatch, cfg: TrainConfig,
                device: torch.device, amp: torch.dtype | None,
-               teacher: torch.nn.Module | None = None
+               teacher: torch.nn.Module | None = None, *, fused: bool = False
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss to backprop, ce, kl) for one micro-batch, the same path for every method.
 
@@ -42,8 +42,8 @@ def micro_loss(model: torch.nn.Module, batch: SampledBatch, cfg: TrainConfig,
     every method alike, so cpt logs how far it is from the teacher too). The returned kl is
     KL(teacher_T || student_T) itself, without the T^2 factor. With an online `teacher` the
     target is its full distribution instead (full_vocab_kd_loss, the comparison baseline).
-    When `model` is a lm_head.FusedHeadLoss (DDP-wrapped or not), the same loss comes from
-    the hidden states and head weight without the full logits.
+    With `fused` (the model, however wrapped, has lm_head.install_fused_forward's forward),
+    the same loss comes from the hidden states and head weight without the full logits.
     """
     from ddk.kernels import sparse_kl_loss
 
@@ -51,12 +51,11 @@ def micro_loss(model: torch.nn.Module, batch: SampledBatch, cfg: TrainConfig,
     # positions 0..L-2 predict tokens 1..L-1; causal attention makes token L-1 irrelevant to them
     labels = ids[:, 1:].reshape(-1)
     kl_weight = 0.0 if cfg.method == "cpt" else cfg.gamma
-    if is_fused_head(model):
-        topk_ids, topk_lp, tail = _targets(batch, cfg, device)
+    if fused:
+        target = FusedTarget(*_targets(batch, cfg, device), labels, kl_weight=kl_weight,
+                             temperature=cfg.temperature, tail=cfg.kd_tail, amp=amp)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            loss, kl, ce = model(ids[:, :-1], topk_ids, topk_lp, tail, labels,
-                                 kl_weight=kl_weight, temperature=cfg.temperature,
-                                 tail=cfg.kd_tail, amp=amp)
+            loss, kl, ce = model(input_ids=ids[:, :-1], ddk_target=target)
         return loss, ce, kl
     with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
         logits = model(input_ids=ids[:, :-1], use_cache=False).logits
@@ -105,7 +104,8 @@ def truncate_topk(topk_ids: torch.Tensor, topk_logprobs: torch.Tensor,
 def optimizer_step(net: torch.nn.Module, model: torch.nn.Module, opt: torch.optim.Optimizer,
                    loader: PrefetchLoader, cfg: TrainConfig, d: Dist,
                    amp: torch.dtype | None, lr: float,
-                   teacher: torch.nn.Module | None = None) -> torch.Tensor:
+                   teacher: torch.nn.Module | None = None, *, fused: bool = False
+                   ) -> torch.Tensor:
     """grad_accum micro-batches, clip, AdamW step. Returns float64 CPU [loss, ce, kl, gnorm, 0].
 
     `net` is the model as trained (DDP-wrapped under torchrun; gradients are all-reduced only
@@ -118,7 +118,7 @@ def optimizer_step(net: torch.nn.Module, model: torch.nn.Module, opt: torch.opti
         batch = next(loader)
         last = micro == cfg.grad_accum - 1
         with contextlib.nullcontext() if last or d.world == 1 else net.no_sync():
-            loss, ce, kl = micro_loss(net, batch, cfg, d.device, amp, teacher)
+            loss, ce, kl = micro_loss(net, batch, cfg, d.device, amp, teacher, fused=fused)
             (loss / cfg.grad_accum).backward()
         acc += torch.stack([loss.detach(), ce, kl]).float()
     max_norm = cfg.grad_clip if cfg.grad_clip is not None else float("inf")

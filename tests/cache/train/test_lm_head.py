@@ -57,7 +57,7 @@ def _batch(reader):
                                 {"method": "kd", "kd_tail": "renorm", "kd_topk": 4}])
 def test_fused_micro_loss_and_gradients_equal_the_unfused_ones(
         train_cache, tiny_student_dir, arch, kw):
-    from ddk.cache.train.lm_head import FusedHeadLoss, fused_head_problem
+    from ddk.cache.train.lm_head import fused_head_problem, install_fused_forward
     from ddk.cache.train.step import micro_loss
     from ddk.cache.train.student import load_student
     from ddk.cache.train.training_cache import open_cache
@@ -69,9 +69,10 @@ def test_fused_micro_loss_and_gradients_equal_the_unfused_ones(
              else _qwen2_tied(reader.vocab_size))
     assert fused_head_problem(model) is None
     results, grads = [], []
-    for net in (model, FusedHeadLoss(model)):
+    install_fused_forward(model)
+    for fused in (False, True):
         model.zero_grad()
-        loss, ce, kl = micro_loss(net, batch, cfg, torch.device("cpu"), None)
+        loss, ce, kl = micro_loss(model, batch, cfg, torch.device("cpu"), None, fused=fused)
         loss.backward()
         results.append(torch.stack([loss.detach(), ce, kl]))
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
@@ -163,15 +164,16 @@ def test_auto_falls_back_with_one_log_line_and_forced_on_is_refused(
 
 def test_an_online_teacher_needs_the_full_logits(tiny_student_dir):
     from ddk.cache.errors import ConfigError
+    from ddk.cache.train.lm_head import ONLINE_TEACHER_NEEDS_LOGITS as ONLINE
     from ddk.cache.train.lm_head import use_fused_head
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_student_dir)
-    assert use_fused_head(None, model, online_teacher=False) is True
-    assert use_fused_head(None, model, online_teacher=True, say=False) is False
-    assert use_fused_head(False, model, online_teacher=False) is False
+    assert use_fused_head(None, model) is True
+    assert use_fused_head(None, model, blocker=ONLINE, say=False) is False
+    assert use_fused_head(False, model) is False
     with pytest.raises(ConfigError, match="online-teacher"):
-        use_fused_head(True, model, online_teacher=True)
+        use_fused_head(True, model, blocker=ONLINE)
 
 
 def test_cli_forced_fused_head_on_an_unfit_student_is_one_line(train_cache, softcapped_student,

@@ -204,9 +204,9 @@ def drawn(monkeypatch) -> list:
 
     seen, real = [], step.micro_loss
 
-    def spy(model, batch, cfg, device, amp, teacher=None):
+    def spy(model, batch, cfg, device, amp, teacher=None, **kw):
         seen.append(batch)
-        return real(model, batch, cfg, device, amp, teacher)
+        return real(model, batch, cfg, device, amp, teacher, **kw)
 
     monkeypatch.setattr(step, "micro_loss", spy)
     return seen
