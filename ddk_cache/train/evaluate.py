@@ -70,17 +70,24 @@ def _loss_sums(model: torch.nn.Module, reader: Any, domains: list[str], max_sequ
     """[N, 2] float64: (sum of CE, number of scored tokens) per domain, for this rank's share."""
     sums = torch.zeros(len(domains), 2, dtype=torch.float64)
     for di, d in enumerate(domains):
-        mine = validation_indices(reader, d, max_sequences, first)[rank::world]
-        for start in range(0, len(mine), batch_size):
-            ids = reader.read(d, "validation", mine[start:start + batch_size]).input_ids
+        every = validation_indices(reader, d, max_sequences, first)
+        mine = every[rank::world]
+        # every rank runs the same number of forwards (the largest share's), so a sharded
+        # model (FSDP, ZeRO-3), whose forward is a collective, never waits on a rank that is
+        # done; a rank past its share re-scores its first batch and does not count it
+        forwards = math.ceil(math.ceil(len(every) / world) / batch_size)
+        for b in range(forwards):
+            part = mine[b * batch_size:(b + 1) * batch_size]
+            ids = reader.read(d, "validation", part or every[:batch_size]).input_ids
             ids = ids.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=autocast_dtype,
                                 enabled=autocast_dtype is not None):
                 logits = model(input_ids=ids, use_cache=False).logits
-            ce = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), ids[:, 1:].flatten(),
-                                 reduction="sum")
-            sums[di, 0] += float(ce)
-            sums[di, 1] += ids[:, 1:].numel()
+            if part:
+                ce = F.cross_entropy(logits[:, :-1].float().flatten(0, 1),
+                                     ids[:, 1:].flatten(), reduction="sum")
+                sums[di, 0] += float(ce)
+                sums[di, 1] += ids[:, 1:].numel()
     return sums
 
 

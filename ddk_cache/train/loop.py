@@ -249,10 +249,8 @@ def _schedule(cfg: TrainConfig, train_tokens: int, tokens_per_step: int) -> tupl
 # -- fit ----------------------------------------------------------------------------------
 def fit(run: Run, state: TrainState) -> FitStats:
     """The step loop, from state.step to max_steps or a signal; advances `state` in place."""
-    cfg, mixture = run.cfg, run.mixture
+    cfg = run.cfg
     loader = None
-    if state.mixture.snapshot is not None:  # resumed: replay the interval up to the checkpoint
-        loader = mixture.loader(state.step)
 
     from tqdm.auto import tqdm
 
@@ -263,12 +261,11 @@ def fit(run: Run, state: TrainState) -> FitStats:
         cleanup.callback(lambda: loader is not None and loader.close())
         cleanup.callback(bar.close)
         while state.step < run.max_steps:
-            if mixture.due(state.step):  # measure, re-weight
-                if loader is not None:
-                    stats.loader_wait += loader.wait_s
-                    loader.close()
-                _start_interval(run, state)
-                loader = mixture.loader(state.step)
+            served = run.mixture.loader_for(state.step, loader,  # measure, re-weight if due
+                                            lambda step: _start_interval(run, state))
+            if loader is not None and served is not loader:
+                stats.loader_wait += loader.wait_s
+            loader = served
             stats.interrupted = _train_step(run, state, loader, stop, bar, stats)
             if stats.interrupted or (cfg.checkpoint_every
                                      and state.step % cfg.checkpoint_every == 0

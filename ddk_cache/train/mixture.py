@@ -16,6 +16,7 @@ interval's start (`snapshot`), so a resumed run draws what an uninterrupted one 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,6 +101,25 @@ class DomainMixture:
         s.interval_start = step
         s.interval_len = min(self.cfg.interval, max_steps - step)
         return rec
+
+    def loader_for(self, step: int, current: PrefetchLoader | None,
+                   start: Callable[[int], None]) -> PrefetchLoader:
+        """The loader that serves optimizer step `step`: `current`, or a new one (closing it).
+
+        A resumed run's first loader (no `current`, a snapshot restored) replays its
+        interval's draws up to `step`, so the sampler stands where an uninterrupted run's
+        would, even when `step` starts the next interval. At an interval's first step
+        `start(step)` measures the domains and calls start_interval before the new loader
+        is built. Both training loops call this once per step.
+        """
+        if current is None and self.state.snapshot is not None:
+            current = self.loader(step)
+        if self.due(step):
+            if current is not None:
+                current.close()
+            start(step)
+            current = self.loader(step)
+        return current
 
     def loader(self, step: int) -> PrefetchLoader:
         """A loader for the rest of the current interval's micro-batches, from `step` on."""

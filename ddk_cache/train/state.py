@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 from ddk.cache.errors import ConfigError
-from ddk.cache.train.config import RESUME_KEYS
+from ddk.cache.train.config import RESUME_KEYS, TrainConfig
 from ddk.cache.train.mixture import MixtureState
 
-__all__ = ["TrainState", "rng_state", "set_rng_state"]
+__all__ = ["TrainState", "check_resume_options", "rng_state", "set_rng_state"]
 
 
 def rng_state() -> dict[str, Any]:
@@ -39,6 +39,19 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(state["numpy"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+
+
+def check_resume_options(saved: dict[str, Any], current: dict[str, Any], source: Any,
+                         keys: tuple[str, ...] = RESUME_KEYS) -> None:
+    """ConfigError if any of `keys` differs between a checkpoint's config and this run's."""
+    def value(config: dict[str, Any], k: str) -> Any:  # a key a checkpoint predates holds
+        return config.get(k, getattr(TrainConfig, k, None))  # its field's default (fsdp=False)
+
+    changed = [f"{k}={value(saved, k)!r}" for k in keys if value(saved, k) != value(current, k)]
+    if changed:
+        raise ConfigError(
+            f"cannot resume {source}: options differ from the checkpoint's "
+            f"({', '.join(changed)}); resume with the original options or start a new --out")
 
 
 @dataclass
@@ -70,15 +83,10 @@ class TrainState:
         The checkpoint's config is compared, not loaded: ConfigError if any RESUME_KEYS option
         differs from this run's, since the stream or the maths would no longer match.
         """
-        saved = ck["config"]
-        changed = [f"{k}={saved.get(k)!r}" for k in RESUME_KEYS
-                   if saved.get(k) != self.config.get(k)]
-        if changed:
-            raise ConfigError(
-                f"cannot resume {source}: options differ from the checkpoint's "
-                f"({', '.join(changed)}); resume with the original options or start a new --out")
-        self.model.load_state_dict(ck["model"])
-        self.optimizer.load_state_dict(ck["optimizer"])
+        check_resume_options(ck["config"], self.config, source)
+        if ck["model"] is not None:  # else sharded: loaded by checkpoint.load_checkpoint
+            self.model.load_state_dict(ck["model"])
+            self.optimizer.load_state_dict(ck["optimizer"])
         self.step, self.tokens = ck["step"], ck["tokens"]
         self.mixture = MixtureState(ck["weights"], ck["history"], ck["interval_start"],
                                     ck["interval_len"], ck["samplers"][rank])

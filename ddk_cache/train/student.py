@@ -19,11 +19,14 @@ __all__ = ["check_student", "load_student"]
 
 
 def check_student(model_config: Any, tokenizer: Any, reader: Any, name: str = "student") -> None:
-    """One clear ConfigError if a model cannot be trained/evaluated against this cache."""
+    """One clear ConfigError if a model cannot be trained/evaluated against this cache.
+
+    `tokenizer` None skips the tokenizer check (a caller that was given no tokenizer says so).
+    """
     from ddk.cache.teacher.identity import tokenizer_fingerprint
 
-    fp = tokenizer_fingerprint(tokenizer)
-    if fp != reader.tokenizer_fingerprint:
+    fp = None if tokenizer is None else tokenizer_fingerprint(tokenizer)
+    if fp is not None and fp != reader.tokenizer_fingerprint:
         raise ConfigError(
             f"the {name}'s tokenizer differs from the one the cache was built with "
             f"(fingerprint {fp[:12]} vs {reader.tokenizer_fingerprint[:12]}): token ids would "
