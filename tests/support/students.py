@@ -20,6 +20,22 @@ def student_variant(src: Path, dst: Path, **config_changes: Any) -> Path:
     return dst
 
 
+def tied_student(src: Path, dst: Path) -> Path:
+    """A copy of the student `src` at `dst` whose LM head *is* its input embedding.
+
+    (Setting tie_word_embeddings in a copied config.json is not enough: the saved lm_head
+    weight differs from the embedding, and transformers then loads the two untied.)
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(src)
+    model.config.tie_word_embeddings = True
+    model.lm_head.weight = model.get_input_embeddings().weight
+    model.save_pretrained(dst)
+    AutoTokenizer.from_pretrained(src).save_pretrained(dst)
+    return dst
+
+
 def small_train_config(cache: Any, student: Any, out: Any, **kw: Any) -> Any:
     """A TrainConfig for a few CPU steps on the tiny cache; `kw` overrides the defaults."""
     from ddk.cache.train.config import TrainConfig
