@@ -57,6 +57,11 @@ OPTION_FIELDS: dict[str, Target] = {
               help="Compute the loss from the hidden states and head weight without the full "
                    "[tokens, vocab] logits (same maths, less memory). Default: on when the "
                    "student's head is a plain linear map, else off with a log line.")
+@click.option("--fsdp", is_flag=True, default=TrainConfig.fsdp,
+              help="Shard the student (weights, gradients, AdamW state) across the torchrun "
+                   "processes with FSDP2, for students that do not fit one device; bf16 "
+                   "params / fp32 gradient reduction with --bf16. Checkpoints are sharded "
+                   "(torch.distributed.checkpoint); the final model is a plain directory.")
 @click.option("--val-sequences", type=int, default=TrainConfig.val_sequences, show_default=True,
               help="Validation sequences per domain for perplexity.")
 @click.option("--batch-size", type=int, default=TrainConfig.batch_size, show_default=True,
@@ -101,7 +106,7 @@ def train_student(as_json: bool, **opts: Any) -> None:
     Writes OUT/model (save_pretrained + tokenizer), OUT/metrics.jsonl, OUT/plots/*.png,
     OUT/summary.json and OUT/checkpoints. On SIGTERM/SIGINT it finishes the step, saves a
     checkpoint and exits with 128 + the signal number; --resume continues exactly there.
-    Under torchrun it trains with DDP (nccl on GPU, gloo on CPU).
+    Under torchrun it trains with DDP (nccl on GPU, gloo on CPU), or FSDP2 with --fsdp.
     """
     from ddk.cache.train.ddk_weights import parse_weights
     from ddk.cache.train.loop import train

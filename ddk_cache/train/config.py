@@ -34,6 +34,7 @@ class TrainConfig:
     kd_topk: int | None = None        # distil from the first k of the cached top-k (None: all)
     online_teacher: str | None = None  # full-vocabulary KD: run this teacher every step
     fused_lm_head: bool | None = None  # loss from hidden states, no full logits; None: auto
+    fsdp: bool = False                # shard the student with FSDP2 across torchrun ranks
     val_sequences: int = 500          # validation sequences per domain for ppl
     batch_size: int = 8               # sequences per micro-batch per rank
     grad_accum: int = 1               # micro-batches per optimizer step
@@ -101,7 +102,8 @@ class TrainConfig:
 RESUME_KEYS = ("method", "mixture", "domain_weights", "kd_tail", "kd_topk", "online_teacher",
                 "alpha", "interval", "gamma", "temperature",
                 "val_sequences", "batch_size", "grad_accum", "lr", "min_lr", "weight_decay",
-                "grad_clip", "seed", "max_steps", "warmup", "world_size")
+                "grad_clip", "seed", "max_steps", "warmup", "world_size",
+                "fsdp")  # a sharded checkpoint (torch.distributed.checkpoint) is another format
 
 
 def config_from_dict(values: dict[str, Any]) -> TrainConfig:

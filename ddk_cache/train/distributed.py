@@ -7,14 +7,17 @@ collectives below are no-ops, so the trainer has one code path for both.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from ddk.cache.train.device import resolve_device
 
-__all__ = ["Dist", "all_reduce", "barrier", "close_distributed", "gather", "init_distributed"]
+__all__ = ["Dist", "all_reduce", "barrier", "close_distributed", "gather", "grad_sync",
+           "init_distributed"]
 
 
 @dataclass
@@ -73,6 +76,28 @@ def gather(obj: Any, d: Dist) -> list[Any]:
     out: list[Any] = [None] * d.world
     dist.all_gather_object(out, obj)
     return out
+
+
+@contextlib.contextmanager
+def grad_sync(net: torch.nn.Module, sync: bool) -> Iterator[None]:
+    """Reduce gradients across ranks in this backward (`sync`), or only accumulate them.
+
+    DDP's no_sync and FSDP2's set_requires_gradient_sync behind one switch, so gradient
+    accumulation reduces once per optimizer step; a single-process model has neither.
+    """
+    if sync:
+        yield
+    elif hasattr(net, "no_sync"):  # DDP
+        with net.no_sync():
+            yield
+    elif hasattr(net, "set_requires_gradient_sync"):  # FSDP2
+        net.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            net.set_requires_gradient_sync(True)
+    else:
+        yield
 
 
 def barrier(d: Dist) -> None:

@@ -78,6 +78,7 @@ from ddk.cache.train.distributed import (
     init_distributed,
 )
 from ddk.cache.train.evaluate import DomainPerplexity, evaluate_domains
+from ddk.cache.train.fsdp import full_state_dict, is_sharded, shard_model
 from ddk.cache.train.full_vocab_kd import load_online_teacher
 from ddk.cache.train.lm_head import (
     ONLINE_TEACHER_NEEDS_LOGITS,
@@ -169,6 +170,10 @@ def prepare(cfg: TrainConfig, d: Dist) -> tuple[Run, TrainState]:
     """
     out = Path(cfg.out)
     amp = resolve_autocast(cfg.bf16, d.device)  # --bf16 on a CPU fails here, first
+    if cfg.fsdp and d.world == 1:
+        raise ConfigError("--fsdp shards the student across the processes of a torchrun "
+                          "launch (torchrun --nproc-per-node N ... ddk train-student ..., N >= 2); "
+                          "a single process trains without it")
     latest = latest_checkpoint(out / "checkpoints")
     if not cfg.resume and (latest is not None or (out / "metrics.jsonl").exists()):
         raise ConfigError(f"{out} already holds a training run; pass --resume to continue it, "
@@ -183,19 +188,7 @@ def prepare(cfg: TrainConfig, d: Dist) -> tuple[Run, TrainState]:
     resolved = {**asdict(cfg), "max_steps": max_steps, "warmup": warmup, "world_size": d.world}
 
     torch.manual_seed(cfg.seed)
-    model.to(d.device)
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                            fused=d.device.type == "cuda")
-    fused = use_fused_head(cfg.fused_lm_head, model, say=d.rank == 0,
-                           blocker=ONLINE_TEACHER_NEEDS_LOGITS if teacher is not None else None)
-    if fused:
-        install_fused_forward(model)
-    net: torch.nn.Module = model
-    if d.world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        net = DDP(net, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+    net, opt, fused = _place_student(cfg, d, model, amp, online_teacher=teacher is not None)
     state = TrainState(model, opt, resolved)
     if cfg.resume and latest is not None:
         load_checkpoint(state, latest, d)  # restores this rank's RNG too
@@ -208,6 +201,28 @@ def prepare(cfg: TrainConfig, d: Dist) -> tuple[Run, TrainState]:
     run = Run(cfg, d, reader, model, net, fused, tokenizer, opt, teacher, amp, save_dtype, max_steps,
               warmup, tokens_per_step, mixture, metrics)
     return run, state
+
+
+def _place_student(cfg: TrainConfig, d: Dist, model: torch.nn.Module, amp: torch.dtype | None,
+                   online_teacher: bool) -> tuple[torch.nn.Module, torch.optim.Optimizer, bool]:
+    """(net, AdamW, fused): the student on its device in train mode, with the fused-head
+    forward if the run takes it, then sharded (--fsdp) or DDP-wrapped (torchrun)."""
+    model.to(d.device)
+    model.train()
+    fused = use_fused_head(cfg.fused_lm_head, model, say=d.rank == 0,
+                           blocker=ONLINE_TEACHER_NEEDS_LOGITS if online_teacher else None)
+    if fused:
+        install_fused_forward(model)
+    if cfg.fsdp:  # before AdamW, which must see the sharded parameters
+        shard_model(model, amp)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            fused=d.device.type == "cuda")
+    net: torch.nn.Module = model
+    if d.world > 1 and not cfg.fsdp:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        net = DDP(net, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+    return net, opt, fused
 
 
 def _load_models(cfg: TrainConfig, d: Dist) -> tuple[Any, torch.nn.Module, Any,
@@ -328,9 +343,12 @@ def finish(run: Run, state: TrainState, stats: FitStats) -> TrainResult:
                                      [p.student_ppl for p in final],
                                      [p.teacher_ppl for p in final])
     summary = _summary(run, state, stats, final)
+    weights = None  # a sharded model's, gathered to rank 0 (collective)
+    if stats.interrupted is None and is_sharded(run.model):
+        weights = full_state_dict(run.model)
     if run.d.rank == 0:
         if stats.interrupted is None:
-            save_model(run.model, run.tokenizer, run.out / "model", run.save_dtype)
+            save_model(run.model, run.tokenizer, run.out / "model", run.save_dtype, weights)
         plot_metrics(run.out / "metrics.jsonl", run.out / "plots")
         tmp = run.out / "summary.json.tmp"
         tmp.write_text(json.dumps(summary, indent=2, default=str))
@@ -348,7 +366,7 @@ def _summary(run: Run, state: TrainState, stats: FitStats,
     return {
         "method": run.cfg.method, "steps": state.step, "max_steps": run.max_steps,
         "tokens": state.tokens, "tokens_per_step": tps, "world_size": run.d.world,
-        "fused_lm_head": run.fused,
+        "fused_lm_head": run.fused, "fsdp": run.cfg.fsdp,
         "train_tokens_per_s": (tps * stats.steps_run / stats.train_time
                                if stats.train_time > 0 else None),
         "loader_wait_s": stats.loader_wait, "train_time_s": stats.train_time,

@@ -66,15 +66,21 @@ class TrainState:
     tokens: int = 0                        # tokens trained on, all ranks
     mixture: MixtureState = field(default_factory=MixtureState)
 
-    def to_checkpoint(self, samplers: list[Any], rng: list[Any]) -> dict[str, Any]:
-        """The dict saved as state.pt; `samplers` / `rng` hold every rank's snapshot / RNG."""
+    def to_checkpoint(self, samplers: list[Any], rng: list[Any], *,
+                      sharded: bool = False) -> dict[str, Any]:
+        """The dict saved as state.pt; `samplers` / `rng` hold every rank's snapshot / RNG.
+
+        `sharded` (FSDP): model and optimizer are None here; each rank wrote its shards of
+        them beside state.pt (fsdp.save_sharded), and the checkpoint loader reads them back.
+        """
         m = self.mixture
         return {
             "step": self.step, "tokens": self.tokens, "weights": m.weights,
             "history": m.history,
             "interval_start": m.interval_start, "interval_len": m.interval_len,
             "samplers": samplers, "rng": rng, "config": self.config,
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "model": None if sharded else self.model.state_dict(),
+            "optimizer": None if sharded else self.optimizer.state_dict(),
         }
 
     def restore(self, ck: dict[str, Any], rank: int, source: Path) -> None:

@@ -9,12 +9,11 @@ loss of full_vocab_kd.py. `truncate_topk` cuts the cached top-k to fewer entries
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
 from ddk.cache.train.config import TrainConfig
-from ddk.cache.train.distributed import Dist
+from ddk.cache.train.distributed import Dist, grad_sync
 from ddk.cache.train.full_vocab_kd import full_vocab_kd_loss
 from ddk.cache.train.lm_head import FusedTarget
 from ddk.cache.train.sampler import PrefetchLoader, SampledBatch
@@ -108,8 +107,9 @@ def optimizer_step(net: torch.nn.Module, model: torch.nn.Module, opt: torch.opti
                    ) -> torch.Tensor:
     """grad_accum micro-batches, clip, AdamW step. Returns float64 CPU [loss, ce, kl, gnorm, 0].
 
-    `net` is the model as trained (DDP-wrapped under torchrun; gradients are all-reduced only
-    on the last micro-batch), `model` the unwrapped one whose gradients are clipped.
+    `net` is the model as trained (DDP-wrapped under torchrun, or FSDP-sharded; gradients are
+    reduced only on the last micro-batch), `model` the unwrapped one whose gradients are
+    clipped (under FSDP the same module; its norm is a DTensor, made whole for the log).
     """
     for group in opt.param_groups:
         group["lr"] = lr
@@ -117,12 +117,14 @@ def optimizer_step(net: torch.nn.Module, model: torch.nn.Module, opt: torch.opti
     for micro in range(cfg.grad_accum):
         batch = next(loader)
         last = micro == cfg.grad_accum - 1
-        with contextlib.nullcontext() if last or d.world == 1 else net.no_sync():
+        with grad_sync(net, last):
             loss, ce, kl = micro_loss(net, batch, cfg, d.device, amp, teacher, fused=fused)
             (loss / cfg.grad_accum).backward()
         acc += torch.stack([loss.detach(), ce, kl]).float()
     max_norm = cfg.grad_clip if cfg.grad_clip is not None else float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor
+        grad_norm = grad_norm.full_tensor()
     opt.step()
     opt.zero_grad(set_to_none=True)
     out = torch.zeros(5, dtype=torch.float64)
