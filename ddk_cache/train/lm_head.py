@@ -156,7 +156,8 @@ def _fused_loss(model: torch.nn.Module, input_ids: torch.Tensor,
 
     hidden = model.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state
     weight = model.get_output_embeddings().weight
-    if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
+    if (type(weight).__name__ == "DTensor" or weight.dim() != 2
+            or weight.shape[1] != hidden.shape[-1]):
         raise ConfigError(
             f"the LM head weight is {tuple(weight.shape)} inside the model's forward, not the "
             "full [vocab, hidden] matrix (a sharding wrapper that gathers it only inside the "

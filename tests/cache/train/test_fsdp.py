@@ -1,5 +1,6 @@
 """`ddk train-student --fsdp` (FSDP2 on 2 gloo processes under torchrun): the same run as DDP
-within fp32 tolerance, sharded checkpoints, kill + resume identity, a plain final model."""
+within fp32 tolerance, sharded checkpoints, kill + resume identity, a plain final model; and,
+in-process on a 1-process group, the fused loss inside a sharded root forward."""
 
 from __future__ import annotations
 
@@ -171,3 +172,49 @@ def test_fsdp_checkpoints_are_sharded_and_resume_after_sigkill_identically(
         train(small_train_config(train_cache, tied, out, resume=True, max_steps=8,
                                  interval=3, val_sequences=3, grad_accum=2,
                                  checkpoint_every=2))
+
+
+@pytest.fixture
+def one_process_group(tmp_path):
+    """A 1-process gloo group in this process, so fully_shard runs in-process."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0,
+                            world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fused_loss_runs_in_the_sharded_root_and_refuses_a_head_sharded_on_its_own(
+        train_cache, tiny_student_dir, one_process_group):
+    from ddk.cache.errors import ConfigError
+    from ddk.cache.train.fsdp import shard_model
+    from ddk.cache.train.lm_head import install_fused_forward
+    from ddk.cache.train.sampler import DomainSampler, read_plan
+    from ddk.cache.train.step import micro_loss
+    from ddk.cache.train.training_cache import open_cache
+    from torch.distributed.fsdp import fully_shard
+    from transformers import AutoModelForCausalLM
+
+    reader = open_cache(train_cache)
+    sizes = [reader.num_sequences(d, "train") for d in reader.domains]
+    batch = read_plan(reader, reader.domains, DomainSampler(sizes, [1, 1, 1], seed=0).draw(2))
+    cfg = small_train_config(train_cache, tiny_student_dir, "unused")
+    cpu = torch.device("cpu")
+
+    plain = AutoModelForCausalLM.from_pretrained(tiny_student_dir)
+    want = micro_loss(plain, batch, cfg, cpu, None)[0]
+    sharded = AutoModelForCausalLM.from_pretrained(tiny_student_dir)
+    install_fused_forward(sharded)
+    shard_model(sharded, None)  # the head stays in the root's unit
+    got = micro_loss(sharded, batch, cfg, cpu, None, fused=True)[0]
+    assert float(got.detach()) == pytest.approx(float(want.detach()), rel=1e-5)
+
+    apart = AutoModelForCausalLM.from_pretrained(tiny_student_dir)
+    install_fused_forward(apart)
+    fully_shard(apart.lm_head)  # a unit of its own: not gathered in the root's forward
+    fully_shard(apart)
+    with pytest.raises(ConfigError, match="fused_lm_head=False"):
+        micro_loss(apart, batch, cfg, cpu, None, fused=True)
