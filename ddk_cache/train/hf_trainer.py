@@ -172,7 +172,7 @@ class DDKTrainer(Trainer):
             eval_batch_size=eval_batch_size, prefetch=prefetch, progress=not args.disable_tqdm)
         self.ddk_config.validate()
         self.reader = open_cache(cache)
-        self._check_student(model, trainer_kwargs.get("processing_class"))
+        self._check_against_cache(model, trainer_kwargs.get("processing_class"))
         super().__init__(model=model, args=args, **trainer_kwargs)
         self.model_accepts_loss_kwargs = False  # micro_loss is a per-micro-batch mean:
         self.loss_is_scaled_for_ga = False      # the Trainer divides it by the accumulation
@@ -189,7 +189,8 @@ class DDKTrainer(Trainer):
         self._stream: CachedTargetStream | None = None
         self._logged = torch.zeros(3, dtype=torch.float64)  # (ce, kl, micro-batches) since log
 
-    def _check_student(self, model: torch.nn.Module, tokenizer: Any) -> None:
+    def _check_against_cache(self, model: torch.nn.Module, tokenizer: Any) -> None:
+        """The student checks of ddk train-student, and kd_topk against the cached k."""
         if tokenizer is None:
             log.warning("DDKTrainer: no processing_class given, so the student's tokenizer "
                         "cannot be checked against the cache's; pass processing_class=tokenizer")
