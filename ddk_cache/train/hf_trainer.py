@@ -187,7 +187,7 @@ class DDKTrainer(Trainer):
         self._amp = (torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None)
         self._resume: dict[str, Any] | None = None
         self._stream: CachedTargetStream | None = None
-        self._logged = torch.zeros(3, dtype=torch.float64)  # (ce, kl, micro-batches) since log
+        self._logged: torch.Tensor | None = None  # (ce, kl, micro-batches) since the last log
 
     def _check_against_cache(self, model: torch.nn.Module, tokenizer: Any) -> None:
         """The student checks of ddk train-student, and kd_topk against the cached k."""
@@ -257,18 +257,20 @@ class DDKTrainer(Trainer):
         batch = SampledBatch(*(inputs[k] for k in _BATCH_KEYS))
         loss, ce, kl = micro_loss(model, batch, self.ddk_config, self.args.device, self._amp,
                                   fused=self.ddk_fused)
-        self._logged += torch.stack([ce.detach().double().cpu(), kl.detach().double().cpu(),
-                                     torch.ones((), dtype=torch.float64)])
+        part = torch.stack([ce.detach().double(), kl.detach().double(),  # on the device: no
+                            torch.ones((), dtype=torch.float64, device=ce.device)])  # sync
+        self._logged = part if self._logged is None else self._logged + part
         return (loss, None) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Trainer.log, with the mean ce and kl since the last loss log next to `loss`."""
-        if "loss" in logs and self._logged[2] > 0:
-            sums = self._logged.clone()
+        if "loss" in logs and self._logged is not None:
+            sums = self._logged
             if self.args.world_size > 1:  # every rank logs the loss at the same step
-                sums = self.accelerator.reduce(sums.to(self.args.device), reduction="sum").cpu()
+                sums = self.accelerator.reduce(sums, reduction="sum")
+            sums = sums.cpu()
             logs["ce"], logs["kl"] = float(sums[0] / sums[2]), float(sums[1] / sums[2])
-            self._logged.zero_()
+            self._logged = None
         super().log(logs, start_time)
 
     def evaluate(self, eval_dataset: Any = None, ignore_keys: list[str] | None = None,
