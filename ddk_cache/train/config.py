@@ -57,6 +57,10 @@ class TrainConfig:
     progress: bool = True
     deterministic: bool = False       # torch.use_deterministic_algorithms (GPU reproducibility)
 
+    def tokens_per_step(self, world: int, seq_len: int) -> int:
+        """Tokens one optimizer step trains on, over all `world` ranks."""
+        return self.batch_size * self.grad_accum * world * seq_len
+
     def validate(self) -> None:
         """ConfigError for options that are out of range or contradict each other."""
         def need(ok: bool, msg: str) -> None:

@@ -39,7 +39,6 @@ whole only inside the head's own forward: the fused path is then off, with a log
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,7 +53,7 @@ from ddk.cache.train.lm_head import install_fused_forward, use_fused_head
 from ddk.cache.train.mixture import DomainMixture, MixtureState
 from ddk.cache.train.sampler import PrefetchLoader, SampledBatch
 from ddk.cache.train.state import check_resume_options
-from ddk.cache.train.step import micro_loss
+from ddk.cache.train.step import micro_loss, steps_for_tokens
 from ddk.cache.train.student import check_student
 from ddk.cache.train.training_cache import open_cache
 from transformers import Trainer, TrainingArguments
@@ -216,9 +215,9 @@ class DDKTrainer(Trainer):
                                  snapshot=self._resume["samplers"][self.args.process_index])
         mixture = DomainMixture(cfg, reader, state, rank=self.args.process_index,
                                 pin_memory=self.args.device.type == "cuda")
-        tokens_per_step = cfg.batch_size * cfg.grad_accum * self.args.world_size * reader.seq_len
-        train_tokens = sum(reader.num_tokens(d, "train") for d in reader.domains)
-        steps_per_epoch = max(1, math.ceil(train_tokens / tokens_per_step))
+        steps_per_epoch = steps_for_tokens(  # one pass over the training tokens
+            sum(reader.num_tokens(d, "train") for d in reader.domains),
+            cfg.tokens_per_step(self.args.world_size, reader.seq_len))
         if self._stream is not None:
             self._stream.close()
         self._stream = CachedTargetStream(self, mixture, steps_per_epoch * cfg.grad_accum)

@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import signal
 import time
@@ -90,7 +89,7 @@ from ddk.cache.train.mixture import DomainMixture
 from ddk.cache.train.sampler import PrefetchLoader
 from ddk.cache.train.signals import StopFlag
 from ddk.cache.train.state import TrainState
-from ddk.cache.train.step import lr_at, optimizer_step, truncate_topk
+from ddk.cache.train.step import lr_at, optimizer_step, steps_for_tokens, truncate_topk
 from ddk.cache.train.student import load_student
 from ddk.cache.train.training_cache import open_cache
 
@@ -183,7 +182,7 @@ def prepare(cfg: TrainConfig, d: Dist) -> tuple[Run, TrainState]:
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     train_tokens = [reader.num_tokens(dom, "train") for dom in reader.domains]
-    tokens_per_step = cfg.batch_size * cfg.grad_accum * d.world * reader.seq_len
+    tokens_per_step = cfg.tokens_per_step(d.world, reader.seq_len)
     max_steps, warmup = _schedule(cfg, sum(train_tokens), tokens_per_step)
     resolved = {**asdict(cfg), "max_steps": max_steps, "warmup": warmup, "world_size": d.world}
 
@@ -256,7 +255,7 @@ def _schedule(cfg: TrainConfig, train_tokens: int, tokens_per_step: int) -> tupl
         max_steps = cfg.max_steps
     else:
         budget = cfg.max_tokens if cfg.max_tokens is not None else train_tokens
-        max_steps = max(1, math.ceil(budget / tokens_per_step))
+        max_steps = steps_for_tokens(budget, tokens_per_step)
     warmup = cfg.warmup if cfg.warmup is not None else max(1, round(0.01 * max_steps))
     return max_steps, warmup
 

@@ -18,7 +18,13 @@ from ddk.cache.train.full_vocab_kd import full_vocab_kd_loss
 from ddk.cache.train.lm_head import FusedTarget
 from ddk.cache.train.sampler import PrefetchLoader, SampledBatch
 
-__all__ = ["lr_at", "micro_loss", "optimizer_step", "truncate_topk"]
+__all__ = ["lr_at", "micro_loss", "optimizer_step", "steps_for_tokens", "truncate_topk"]
+
+
+def steps_for_tokens(tokens: int, tokens_per_step: int) -> int:
+    """Optimizer steps that train on `tokens` (rounded up, at least 1): a token budget, or
+    one pass over the cache's training tokens (the default budget, and DDKTrainer's epoch)."""
+    return max(1, math.ceil(tokens / tokens_per_step))
 
 
 def lr_at(step: int, *, max_steps: int, warmup: int, lr: float, min_lr: float) -> float:
