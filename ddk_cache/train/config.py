@@ -61,6 +61,12 @@ class TrainConfig:
         """Tokens one optimizer step trains on, over all `world` ranks."""
         return self.batch_size * self.grad_accum * world * seq_len
 
+    def check_cache_k(self, k: int) -> None:
+        """ConfigError if --kd-topk asks for more entries than the cache holds (k)."""
+        if self.kd_topk is not None and self.kd_topk > k:
+            raise ConfigError(f"--kd-topk {self.kd_topk} exceeds the cache's k = {k}; "
+                              f"pass --kd-topk <= {k} or rebuild the cache with a larger k")
+
     def validate(self) -> None:
         """ConfigError for options that are out of range or contradict each other."""
         def need(ok: bool, msg: str) -> None:

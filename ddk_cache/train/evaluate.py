@@ -74,7 +74,7 @@ def _loss_sums(model: torch.nn.Module, reader: Any, domains: list[str], max_sequ
         mine = every[rank::world]
         # every rank runs the same number of forwards (the largest share's), so a sharded
         # model (FSDP, ZeRO-3), whose forward is a collective, never waits on a rank that is
-        # done; a rank past its share re-scores its first batch and does not count it
+        # done; a rank past its share scores the domain's first batch and does not count it
         forwards = math.ceil(math.ceil(len(every) / world) / batch_size)
         for b in range(forwards):
             part = mine[b * batch_size:(b + 1) * batch_size]

@@ -189,14 +189,12 @@ class DDKTrainer(Trainer):
         self._logged: torch.Tensor | None = None  # (ce, kl, micro-batches) since the last log
 
     def _check_against_cache(self, model: torch.nn.Module, tokenizer: Any) -> None:
-        """The student checks of ddk train-student, and kd_topk against the cached k."""
+        """The student and --kd-topk checks of ddk train-student."""
         if tokenizer is None:
             log.warning("DDKTrainer: no processing_class given, so the student's tokenizer "
                         "cannot be checked against the cache's; pass processing_class=tokenizer")
         check_student(model.config, tokenizer, self.reader)
-        k, kd_topk = self.reader.k, self.ddk_config.kd_topk
-        if kd_topk is not None and kd_topk > k:
-            raise ConfigError(f"kd_topk {kd_topk} exceeds the cache's k = {k}")
+        self.ddk_config.check_cache_k(self.reader.k)
 
     def _zero3(self) -> bool:
         plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)

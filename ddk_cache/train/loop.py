@@ -44,8 +44,8 @@ validation perplexities are all-reduced, and rank 0 alone writes checkpoints, me
 model.
 
 The order of everything that touches an RNG in prepare (model load, torch.manual_seed, moving
-the model, AdamW, DDP, restoring the checkpoint's RNG before the barrier) is part
-of the results: keep it when editing.
+the model, the fused-head probe, FSDP, AdamW, DDP, restoring the checkpoint's RNG before the
+barrier) is part of the results: keep it when editing.
 """
 
 from __future__ import annotations
@@ -116,7 +116,8 @@ class Run:
     d: Dist
     reader: Any
     model: torch.nn.Module                 # unwrapped
-    net: torch.nn.Module                   # what is trained: `model`, DDP-wrapped under torchrun
+    net: torch.nn.Module                   # what is trained: `model`, DDP-wrapped under
+                                           # torchrun (under --fsdp: `model` itself, sharded)
     fused: bool                            # loss from the hidden states (lm_head.py)
     tokenizer: Any
     optimizer: torch.optim.Optimizer
@@ -197,8 +198,8 @@ def prepare(cfg: TrainConfig, d: Dist) -> tuple[Run, TrainState]:
     metrics.truncate(state.step)  # drop what a killed run logged after its checkpoint
     mixture = DomainMixture(cfg, reader, state.mixture, rank=d.rank,  # resumed: sampler restored
                             pin_memory=d.device.type == "cuda")
-    run = Run(cfg, d, reader, model, net, fused, tokenizer, opt, teacher, amp, save_dtype, max_steps,
-              warmup, tokens_per_step, mixture, metrics)
+    run = Run(cfg, d, reader, model, net, fused, tokenizer, opt, teacher, amp, save_dtype,
+              max_steps, warmup, tokens_per_step, mixture, metrics)
     return run, state
 
 
@@ -233,9 +234,7 @@ def _load_models(cfg: TrainConfig, d: Dist) -> tuple[Any, torch.nn.Module, Any,
 
         hf_logging.disable_progress_bar()
     model, tokenizer = load_student(cfg.student, reader)
-    if cfg.kd_topk is not None and cfg.kd_topk > reader.k:
-        raise ConfigError(f"--kd-topk {cfg.kd_topk} exceeds the cache's k = {reader.k}; "
-                          f"pass --kd-topk <= {reader.k} or rebuild the cache with a larger k")
+    cfg.check_cache_k(reader.k)
     teacher = (None if cfg.online_teacher is None
                else load_online_teacher(cfg.online_teacher, reader, d.device))
     return reader, model, tokenizer, teacher

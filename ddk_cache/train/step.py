@@ -4,7 +4,8 @@ Every method takes the same path: one ddk.kernels.sparse_kl_loss call per micro-
 (CE + gamma * T^2 * KL over the cached top-k; cpt: gamma = 0), or the same loss from the
 hidden states and head weight without the full logits (fused=True: the model's forward
 installed by lm_head.install_fused_forward), or, with an online teacher, the full-vocabulary
-loss of full_vocab_kd.py. `truncate_topk` cuts the cached top-k to fewer entries (--kd-topk). The LR is a pure function of the step, so a checkpoint need not store it.
+loss of full_vocab_kd.py. `truncate_topk` cuts the cached top-k to fewer entries
+(--kd-topk). The LR is a pure function of the step, so a checkpoint need not store it.
 """
 
 from __future__ import annotations

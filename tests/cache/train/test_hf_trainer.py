@@ -154,7 +154,7 @@ def test_one_epoch_is_one_pass_over_the_cache(train_cache, tiny_student_dir, tmp
 @pytest.mark.parametrize("kw,match", [
     ({"train_dataset": [1]}, "train_dataset"),
     ({"method": "dkd"}, "--method"),
-    ({"kd_topk": 99}, "kd_topk 99"),
+    ({"kd_topk": 99}, "kd-topk 99 exceeds the cache's k = 8"),
     ({"alpha": 2.0}, "--alpha"),
 ])
 def test_bad_arguments_are_one_clear_error(train_cache, tiny_student_dir, tmp_path, kw, match):
