@@ -157,10 +157,13 @@ class DDKTrainer(Trainer):
                  eval_batch_size: int | None = TrainConfig.eval_batch_size,
                  fused_lm_head: bool | None = TrainConfig.fused_lm_head,
                  prefetch: int = TrainConfig.prefetch, **trainer_kwargs: Any) -> None:
-        for name in ("train_dataset", "data_collator", "model_init"):
+        for name in ("train_dataset", "data_collator"):
             if trainer_kwargs.get(name) is not None:
                 raise ConfigError(f"DDKTrainer draws its training data from the cache; drop "
                                   f"{name}= (an eval_dataset is fine)")
+        if trainer_kwargs.get("model_init") is not None:
+            raise ConfigError("DDKTrainer checks the student against the cache before "
+                              "training: pass the model itself as model=, not model_init=")
         self.ddk_config = TrainConfig(
             cache=str(cache), student=str(getattr(model, "name_or_path", "") or "<in memory>"),
             out=args.output_dir, method=method, mixture=mixture, domain_weights=domain_weights,
@@ -232,11 +235,11 @@ class DDKTrainer(Trainer):
         ppl = self.evaluate_domains()
         rec = self.ddk_mixture.start_interval(step, ppl, self.state.max_steps)
         logs: dict[str, float] = {}
-        for i, d in enumerate(self.reader.domains):
-            logs[f"ddk/weight/{d}"] = rec["weights"][i]
-            logs[f"ddk/ppl_student/{d}"] = rec["ppl_student"][i]
-            logs[f"ddk/ppl_teacher/{d}"] = rec["ppl_teacher"][i]
-            logs[f"ddk/ratio/{d}"] = rec["ppl_student"][i] / rec["ppl_teacher"][i]
+        for p, w in zip(ppl, rec["weights"], strict=True):
+            logs[f"ddk/weight/{p.domain}"] = w
+            logs[f"ddk/ppl_student/{p.domain}"] = p.student_ppl
+            logs[f"ddk/ppl_teacher/{p.domain}"] = p.teacher_ppl
+            logs[f"ddk/ratio/{p.domain}"] = p.ratio
         self.log(logs)
 
     def evaluate_domains(self) -> list[DomainPerplexity]:

@@ -153,6 +153,7 @@ def test_one_epoch_is_one_pass_over_the_cache(train_cache, tiny_student_dir, tmp
 
 @pytest.mark.parametrize("kw,match", [
     ({"train_dataset": [1]}, "train_dataset"),
+    ({"model_init": lambda: None}, "model_init"),
     ({"method": "dkd"}, "--method"),
     ({"kd_topk": 99}, "kd-topk 99 exceeds the cache's k = 8"),
     ({"alpha": 2.0}, "--alpha"),
