@@ -76,12 +76,15 @@ def forward_core(
     if backend == "triton":
         from ddk.kernels.triton_impl import sparse_kl_forward_triton
 
+        # One ids and one labels dtype reach the kernel (int32 ids: V < 2**31 always): fewer
+        # compile variants (bench/gpu/aot_compile.py) for a copy of N x k ids at most.
+        ids = topk_ids.to(torch.int32)
         return sparse_kl_forward_triton(
             logits,
-            topk_ids if topk_ids.stride(1) == 1 else topk_ids.contiguous(),
+            ids if ids.stride(1) == 1 else ids.contiguous(),
             a,
             b,
-            labels.contiguous() if labels is not None else None,
+            labels.to(torch.int64).contiguous() if labels is not None else None,
             row_scale,
             kl_weight=kl_weight,
             ce_weight=ce_weight,

@@ -22,16 +22,23 @@ import torch
 import triton
 import triton.language as tl
 
-# The block and warps of Liger-Kernel's cross-entropy, which sweeps a row twice the same way
-# (docs/kernels.md, "Backends and the Triton kernel").
-MAX_BLOCK_V = 32768
-NUM_WARPS = 32
+# Launch shape (docs/kernels.md, "Launch configuration"): one program per row sweeps it in
+# blocks of at most MAX_BLOCK_V columns, ELEMENTS_PER_THREAD of them per thread. Chosen with
+# bench/gpu/aot_compile.py so that no variant spills on sm_80/sm_90 and every one keeps
+# registers in hand below its ceiling; Liger's 32768 x 32 warps (32 per thread) spilled on
+# unaligned vocabularies.
+MAX_BLOCK_V = 8192
+ELEMENTS_PER_THREAD = 16
+MIN_WARPS, MAX_WARPS = 4, 16
+# The k cached entries of a row live in one BLOCK_K vector: one size for every k up to it,
+# so k adds no compile variants (the vector is at most one element per thread).
+MIN_BLOCK_K = 128
 
 
 # Longer than the ~80-line norm on purpose: one fused kernel is one function. Its steps
 # (0-5 of the module docstring, marked inside) share the registers holding the cached
 # logits, the teacher row and the row statistics from the gather to the last store.
-@triton.jit
+@triton.jit(do_not_specialize=["IDS_stride", "A_stride", "K", "ignore_index"])
 def _sparse_kl_fwd_kernel(
     X_ptr,
     X_stride,
@@ -77,18 +84,13 @@ def _sparse_kl_fwd_kernel(
                     tl.store(G_ptr + offs, 0.0, mask=offs < n_cols)
             return
 
-    # 1. cached entries and the label logit, kept in registers (raw, untempered)
+    # 1. cached entries, kept in registers (raw, untempered)
     kofs = tl.arange(0, BLOCK_K)
     kmask = kofs < K
     ids = tl.load(IDS_ptr + row * IDS_stride + kofs, mask=kmask, other=0).to(tl.int64)
     zc_raw = tl.load(X_ptr + ids, mask=kmask, other=0.0)
     zc = tl.where(kmask, zc_raw.to(tl.float32), NEG_INF)
-    a = tl.load(A_ptr + row * A_stride + kofs, mask=kmask, other=NEG_INF)
-    b = tl.load(B_ptr + row)
-    zy = 0.0
-    if HAS_CE:
-        zy = tl.load(X_ptr + y).to(tl.float32)
-    tl.debug_barrier()  # every warp has read zc / zy before any sentinel lands (label may be cached)
+    tl.debug_barrier()  # every warp has read zc before any sentinel lands
     tl.store(X_ptr + ids, NEG_INF, mask=kmask)
     tl.debug_barrier()  # sentinels visible to every warp before pass 1
 
@@ -110,6 +112,19 @@ def _sparse_kl_fwd_kernel(
             if HAS_CE:
                 d1 = d1 * tl.exp(m - sh) + tl.sum(tl.exp(x - sh), 0)
         m = m_new
+
+    # The teacher row and the label logit are read only now, so that nothing but the row
+    # statistics is live across pass 1 (ptxas spilled such long-lived values). A cached
+    # label's logit comes from registers (its slot holds a sentinel); any other is intact.
+    a = tl.load(A_ptr + row * A_stride + kofs, mask=kmask, other=NEG_INF)
+    b = tl.load(B_ptr + row)
+    zy = 0.0
+    n_hits = 0  # 1 if the label is one of the cached ids
+    if HAS_CE:
+        hit = kmask & (ids == y)
+        n_hits = tl.sum(hit.to(tl.int32), 0)
+        zy_mem = tl.load(X_ptr + y, mask=n_hits == 0, other=0.0).to(tl.float32)
+        zy = tl.where(n_hits > 0, tl.sum(tl.where(hit, zc, 0.0), 0), zy_mem)
 
     has_tail = d > 0.0
     m_sh = tl.where(has_tail, m, 0.0)
@@ -155,6 +170,24 @@ def _sparse_kl_fwd_kernel(
         c_tail = ckl * (mass * qt - pt_eff)
         if HAS_CE and UNIT_T:
             c_tail += cce * qt
+        # 4a. the k cached gradients and the label's, computed now (stored after pass 2,
+        #     which writes 0 over the sentinels) so that only they stay live across pass 2
+        qc = tl.exp(logq_c)
+        gc = ckl * (mass * qc - p)
+        gy = 0.0
+        if HAS_CE:
+            if UNIT_T:
+                gc += cce * qc
+            else:
+                gc += cce * tl.exp(zc - big_sh - lse1_rel)
+            gc -= tl.where(ids == y, cce, 0.0)
+            # label outside the cached ids: its gradient is the tail formula minus c_ce
+            if UNIT_T:
+                gy = tl.exp(zy - m_sh - ld_sh) * c_tail - cce
+            else:
+                gy = tl.exp((zy - m_sh) * inv_T - ld_sh) * c_tail
+                gy += cce * tl.exp(zy - big_sh - lse1_rel) - cce
+        gc = gc.to(G_ptr.dtype.element_ty)
         # 3. pass 2: gradient of the non-cached tokens (cached ones read -inf -> 0)
         #    g_j = r_j * c_tail with r_j = q_j / q_t = exp((x_j - m) / T - log d)
         for i in range(0, n_cols, BLOCK_V):
@@ -170,30 +203,17 @@ def _sparse_kl_fwd_kernel(
             tl.store(G_ptr + offs, g.to(G_ptr.dtype.element_ty), mask=msk)
         tl.debug_barrier()
 
-        # 4. cached ids and label, from registers
-        qc = tl.exp(logq_c)
-        gc = ckl * (mass * qc - p)
+        # 4b. store the cached ids' and the label's gradients
+        ids = tl.load(IDS_ptr + row * IDS_stride + kofs, mask=kmask, other=0).to(tl.int64)
+        tl.store(G_ptr + ids, gc, mask=kmask)
         if HAS_CE:
-            if UNIT_T:
-                gc += cce * qc
-            else:
-                gc += cce * tl.exp(zc - big_sh - lse1_rel)
-            gc -= tl.where(ids == y, cce, 0.0)
-        tl.store(G_ptr + ids, gc.to(G_ptr.dtype.element_ty), mask=kmask)
-        if HAS_CE:
-            # label outside the cached ids: its gradient is the tail formula minus c_ce
-            n_hits = tl.sum(tl.where(kmask & (ids == y), 1, 0), 0)
-            if UNIT_T:
-                gy = tl.exp(zy - m_sh - ld_sh) * c_tail - cce
-            else:
-                gy = tl.exp((zy - m_sh) * inv_T - ld_sh) * c_tail
-                gy += cce * tl.exp(zy - big_sh - lse1_rel) - cce
             tl.store(G_ptr + y, gy.to(G_ptr.dtype.element_ty), mask=n_hits == 0)
     else:
         tl.debug_barrier()
 
     # 5. put the original cached logits back when the gradient did not overwrite them
     if RESTORE:
+        ids = tl.load(IDS_ptr + row * IDS_stride + kofs, mask=kmask, other=0).to(tl.int64)
         tl.store(X_ptr + ids, zc_raw, mask=kmask)
 
 
@@ -215,10 +235,11 @@ def is_interpreted() -> bool:
     return type(_sparse_kl_fwd_kernel).__name__ == "InterpretedFunction"
 
 
-def _block_v(n_cols: int, block_v: int | None) -> int:
-    if block_v is not None:
-        return block_v
-    return min(MAX_BLOCK_V, triton.next_power_of_2(max(n_cols, 16)))
+def launch_config(n_cols: int) -> tuple[int, int]:
+    """(BLOCK_V, num_warps) for rows of n_cols: ELEMENTS_PER_THREAD columns per thread."""
+    block_v = min(MAX_BLOCK_V, triton.next_power_of_2(max(n_cols, 16)))
+    warps = block_v // (32 * ELEMENTS_PER_THREAD)
+    return block_v, min(MAX_WARPS, max(MIN_WARPS, warps))
 
 
 def sparse_kl_forward_triton(
@@ -234,8 +255,6 @@ def sparse_kl_forward_triton(
     temperature: float,
     ignore_index: int,
     grad_out: torch.Tensor | None,
-    block_v: int | None = None,
-    num_warps: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward kernel; returns per-row fp32 (kl, ce). Same contract as the torch path.
 
@@ -254,6 +273,7 @@ def sparse_kl_forward_triton(
     compute_grad = grad_out is not None
     inplace = compute_grad and grad_out.data_ptr() == logits.data_ptr()
     g = grad_out if compute_grad else logits  # dummy pointer when no gradient
+    block_v, num_warps = launch_config(v)
     _sparse_kl_fwd_kernel[(n,)](
         logits,
         logits.stride(0),
@@ -279,20 +299,21 @@ def sparse_kl_forward_triton(
         UNIT_T=float(temperature) == 1.0,
         COMPUTE_GRAD=compute_grad,
         RESTORE=not inplace,
-        BLOCK_V=_block_v(v, block_v),
-        BLOCK_K=max(16, triton.next_power_of_2(k)),
-        num_warps=num_warps or NUM_WARPS,
+        BLOCK_V=block_v,
+        BLOCK_K=max(MIN_BLOCK_K, triton.next_power_of_2(k)),
+        num_warps=num_warps,
     )
     return kl_rows, ce_rows
 
 
-def scale_rows_triton(grad: torch.Tensor, scale: torch.Tensor, block_v: int | None = None) -> None:
+def scale_rows_triton(grad: torch.Tensor, scale: torch.Tensor) -> None:
     """In place: grad *= scale, with scale a 0-d/1-element tensor or one value per row."""
     n, v = grad.shape
     if n == 0:
         return
     s = scale.reshape(-1).contiguous()
     s_stride = 0 if s.numel() == 1 else 1
+    block_v, num_warps = launch_config(v)
     _scale_rows_kernel[(n,)](
-        grad, grad.stride(0), s, s_stride, v, BLOCK_V=_block_v(v, block_v), num_warps=NUM_WARPS
+        grad, grad.stride(0), s, s_stride, v, BLOCK_V=block_v, num_warps=num_warps
     )
