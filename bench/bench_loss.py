@@ -14,18 +14,32 @@ logits + reference) and Liger's fused-linear cross-entropy.
 before it (inputs included in the baseline). Gradients are taken with torch.autograd.grad,
 so no leaf .grad accumulation copy is counted for anyone.
 
+Next to each timing: the minimum bytes the method must move (read the logits once, write
+the gradient once; for the fused head: read hidden + weight, write both gradients) and the
+achieved fraction of the copy bandwidth measured in the same run (floor_ms / ms).
+
 Without a GPU it says so, optionally times the CPU paths at a small shape (clearly
-labelled, not comparable to GPU figures) and exits 0.
+labelled, not comparable to GPU figures) and exits 0. `--dry-run` instead runs every row on
+CPU at tiny shapes (N=64, V=1000, k=8, fused H=32), the Triton kernels through the
+interpreter (TRITON_INTERPRET=1, set before triton is imported), timed with perf_counter,
+peak memory null: it checks that the script runs, not how fast anything is.
 
 Usage: python bench/bench_loss.py [--reps 20] [--no-compile] [--no-fused] [--quick]
+    [--n 8192] [--vocabs 32000,49152,151936] [--ks 16,64] [--json PATH] [--dry-run]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
 import sys
 import time
+from pathlib import Path
+
+if "--dry-run" in sys.argv[1:]:  # the interpreter is read when triton is imported
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import torch
 from ddk.kernels import fused_linear_sparse_kl_loss, sparse_kl_loss
@@ -33,6 +47,8 @@ from ddk.kernels.reference import sparse_kl_loss_reference
 from ddk.kernels.target import prepare_teacher_target
 
 GiB = 1024**3
+MiB = 1024**2
+DRY = {"n": 64, "vocabs": (1000,), "ks": (8,), "hidden": 32}  # --dry-run shapes
 
 
 def make_inputs(n: int, v: int, k: int, dtype: torch.dtype, device: str, seed: int = 0) -> dict:
@@ -72,12 +88,35 @@ def cuda_measure(setup, run, reps: int, warmup: int) -> tuple[float, float]:
     return statistics.median(times), max(peaks)
 
 
-def copy_bandwidth(nbytes: int = 2 * GiB, reps: int = 20) -> float:
+def cpu_measure(setup, run, reps: int, warmup: int) -> tuple[float, None]:
+    """Median ms of run(setup()) by perf_counter; no peak memory on CPU."""
+    times = []
+    for i in range(warmup + reps):
+        state = setup()
+        t0 = time.perf_counter()
+        out = run(state)
+        if i >= warmup:
+            times.append((time.perf_counter() - t0) * 1e3)
+        del state, out
+    return statistics.median(times), None
+
+
+def measure(device: str, setup, run, reps: int, warmup: int) -> tuple[float, float | None]:
+    fn = cuda_measure if device == "cuda" else cpu_measure
+    return fn(setup, run, reps, warmup)
+
+
+def copy_bandwidth(nbytes: int = 2 * GiB, reps: int = 20, device: str = "cuda") -> float:
     """Measured device copy bandwidth in bytes/s (read + write counted)."""
-    src = torch.empty(nbytes // 2, dtype=torch.bfloat16, device="cuda").fill_(1)
+    src = torch.empty(nbytes // 2, dtype=torch.bfloat16, device=device).fill_(1)
     dst = torch.empty_like(src)
     for _ in range(3):
         dst.copy_(src)
+    if device != "cuda":
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            dst.copy_(src)
+        return 2 * nbytes * reps / (time.perf_counter() - t0)
     torch.cuda.synchronize()
     e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     e0.record()
@@ -104,113 +143,165 @@ def reference_loss(logits, ids, lp, tail, labels, kl_weight, ce_weight):
     )
 
 
-def bench_logits(n, v, k, reps, warmup, use_compile, bw, kl_weight=1.0, ce_weight=1.0):
-    inp = make_inputs(n, v, k, torch.bfloat16, "cuda")
+def row(bench: str, shape: dict, method: str, timing, min_bytes: int, bw: float,
+        reason: str | None = None) -> dict:
+    """One result row: ms, extra peak, the bytes floor and the achieved fraction of it."""
+    ms, peak = timing if timing is not None else (None, None)
+    floor_ms = min_bytes / bw * 1e3
+    status = "ok" if ms is not None else "failed" if reason.startswith("failed") else "skipped"
+    return {"bench": bench, **shape, "method": method, "status": status, "reason": reason,
+            "ms": ms, "extra_peak_bytes": peak, "min_bytes": min_bytes,
+            "floor_ms": floor_ms, "floor_fraction": None if ms is None else floor_ms / ms}
+
+
+def print_rows(title: str, rows: list[dict]) -> None:
+    print(f"\n{title}")
+    print(f"  {'method':44s} {'ms':>9s} {'min MiB':>8s} {'of copy bw':>10s} "
+          f"{'extra peak GiB':>15s}")
+    for r in rows:
+        if r["ms"] is None:
+            print(f"  {r['method']}: not run ({r['reason']})")
+            continue
+        peak = "-" if r["extra_peak_bytes"] is None else f"{r['extra_peak_bytes'] / GiB:.3f}"
+        print(f"  {r['method']:44s} {r['ms']:9.3f} {r['min_bytes'] / MiB:8.1f} "
+              f"{r['floor_fraction']:10.3f} {peak:>15s}")
+
+
+def liger_missing(device: str) -> str | None:
+    """Why Liger cannot run here, or None."""
+    if device != "cuda":
+        return "Liger-Kernel's Triton kernels need CUDA (no interpreter support)"
+    try:
+        import liger_kernel  # noqa: F401
+    except ImportError as e:
+        return f"{e.name} missing: pip install liger-kernel"
+    return None
+
+
+def try_peer(device: str, setup, make_run, reps: int, warmup: int):
+    """(timing, None) of a peer, or (None, reason): a peer that does not import or run here
+    (a release that does not fit this torch / triton) is a failed row, not a failed bench."""
+    try:
+        return measure(device, setup, make_run(), reps, warmup), None
+    except Exception as e:  # noqa: BLE001  (reported in the row)
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        print(f"  (peer failed: {type(e).__name__}: {e})")
+        return None, f"failed: {type(e).__name__}: {str(e)[:300]}"
+
+
+def bench_logits(n, v, k, reps, warmup, compile_skip, bw, kl_weight=1.0, ce_weight=1.0, *,
+                 device="cuda", dtype=torch.bfloat16, backend="auto") -> list[dict]:
+    """Forward + backward of every method at one shape. `compile_skip`: None to run the
+    torch.compile baseline, else the reason it is not run."""
+    inp = make_inputs(n, v, k, dtype, device)
     base_logits = inp["logits"]
     args = (inp["ids"], inp["lp"], inp["tail"], inp["labels"])
+    shape = {"n": n, "v": v, "k": k, "dtype": str(dtype).removeprefix("torch.")}
+    min_bytes = 2 * n * v * base_logits.element_size()
 
     def fresh():
         return base_logits.clone().requires_grad_()
 
     def ours(inplace):
         def run(x):
-            loss = sparse_kl_loss(
-                x, *args, kl_weight=kl_weight, ce_weight=ce_weight, inplace_grad=inplace
-            )
+            loss = sparse_kl_loss(x, *args, kl_weight=kl_weight, ce_weight=ce_weight,
+                                  inplace_grad=inplace, backend=backend)
             return torch.autograd.grad(loss, x)
 
         return run
 
     def ref(fn):
         def run(x):
-            loss = fn(x, *args, kl_weight, ce_weight)
-            return torch.autograd.grad(loss, x)
+            return torch.autograd.grad(fn(x, *args, kl_weight, ce_weight), x)
 
         return run
 
-    rows = []
-    rows.append(("ours (Triton, in-place grad)", *cuda_measure(fresh, ours(True), reps, warmup)))
-    rows.append(("ours (Triton, separate grad)", *cuda_measure(fresh, ours(False), reps, warmup)))
-    rows.append(("torch eager reference", *cuda_measure(fresh, ref(reference_loss), reps, warmup)))
-    if use_compile:
-        compiled = torch.compile(reference_loss, dynamic=False)
-        rows.append(("torch.compile reference", *cuda_measure(fresh, ref(compiled), reps, warmup)))
-    try:
+    def liger():
         from liger_kernel.transformers.functional import liger_cross_entropy
 
-        def liger(x):
-            return torch.autograd.grad(liger_cross_entropy(x, inp["labels"]), x)
+        return lambda x: torch.autograd.grad(liger_cross_entropy(x, inp["labels"]), x)
 
-        rows.append(
-            ("Liger cross-entropy (peer, CE only)", *cuda_measure(fresh, liger, reps, warmup))
-        )
-    except ImportError as e:
-        rows.append(
-            (
-                f"Liger cross-entropy: not run ({e.name} missing: pip install liger-kernel)",
-                None,
-                None,
-            )
-        )
-    floor_ms = 2 * n * v * base_logits.element_size() / bw * 1e3
-    print(
-        f"\nN={n} V={v} k={k} bf16, kl_weight={kl_weight} ce_weight={ce_weight}; "
-        f"floor (read logits + write grad once) = {floor_ms:.3f} ms"
-    )
-    print(f"  {'method':44s} {'ms':>9s} {'x floor':>8s} {'extra peak GiB':>15s}")
-    for name, ms, peak in rows:
-        if ms is None:
-            print(f"  {name}")
+    def add(method, run=None, reason=None, peer=None):
+        if peer is not None:
+            timing, reason = try_peer(device, fresh, peer, reps, warmup)
         else:
-            print(f"  {name:44s} {ms:9.3f} {ms / floor_ms:8.2f} {peak / GiB:15.3f}")
+            timing = None if run is None else measure(device, fresh, run, reps, warmup)
+        rows.append(row("logits", shape, method, timing, min_bytes, bw, reason))
+
+    rows: list[dict] = []
+    add("ours (Triton, in-place grad)", ours(True))
+    add("ours (Triton, separate grad)", ours(False))
+    add("torch eager reference", ref(reference_loss))
+    if compile_skip is None:
+        add("torch.compile reference",
+            peer=lambda: ref(torch.compile(reference_loss, dynamic=False)))
+    else:
+        add("torch.compile reference", reason=compile_skip)
+    why = liger_missing(device)
+    add("Liger cross-entropy (peer, CE only)", reason=why, peer=None if why else liger)
+    print_rows(f"N={n} V={v} k={k} {shape['dtype']}, kl_weight={kl_weight} "
+               f"ce_weight={ce_weight}; floor (read logits + write grad once) = "
+               f"{rows[0]['floor_ms']:.3f} ms", rows)
+    return rows
 
 
-def bench_fused(n, h, v, k, reps, warmup, kl_weight=1.0, ce_weight=1.0):
-    g = torch.Generator(device="cuda").manual_seed(1)
-    hidden = (torch.randn(n, h, generator=g, device="cuda") * 0.5).to(torch.bfloat16)
-    weight = (torch.randn(v, h, generator=g, device="cuda") * 0.02).to(torch.bfloat16)
-    t = make_inputs(n, v, k, torch.bfloat16, "cuda", seed=2)
+def bench_fused(n, h, v, k, reps, warmup, bw, kl_weight=1.0, ce_weight=1.0, *,
+                device="cuda", dtype=torch.bfloat16, backend="auto") -> list[dict]:
+    """The fused LM head (hidden @ weight.T inside the loss) against torch and Liger."""
+    g = torch.Generator(device=device).manual_seed(1)
+    hidden = (torch.randn(n, h, generator=g, device=device) * 0.5).to(dtype)
+    weight = (torch.randn(v, h, generator=g, device=device) * 0.02).to(dtype)
+    t = make_inputs(n, v, k, dtype, device, seed=2)
     del t["logits"]
     args = (t["ids"], t["lp"], t["tail"], t["labels"])
+    shape = {"n": n, "v": v, "k": k, "h": h, "dtype": str(dtype).removeprefix("torch.")}
+    min_bytes = 2 * (n * h + v * h) * hidden.element_size()  # read h, w; write both grads
 
     def fresh():
         return hidden.clone().requires_grad_(), weight.clone().requires_grad_()
 
     def torch_run(hw):
         hh, ww = hw
-        loss = reference_loss(hh @ ww.t(), *args, kl_weight, ce_weight)
-        return torch.autograd.grad(loss, (hh, ww))
+        return torch.autograd.grad(reference_loss(hh @ ww.t(), *args, kl_weight, ce_weight),
+                                   (hh, ww))
 
     def ours_run(hw):
         hh, ww = hw
-        loss = fused_linear_sparse_kl_loss(hh, ww, *args, kl_weight=kl_weight, ce_weight=ce_weight)
+        loss = fused_linear_sparse_kl_loss(hh, ww, *args, kl_weight=kl_weight,
+                                           ce_weight=ce_weight, backend=backend)
         return torch.autograd.grad(loss, (hh, ww))
 
-    rows = [
-        ("torch (logits materialised + reference)", *cuda_measure(fresh, torch_run, reps, warmup)),
-        ("ours fused_linear_sparse_kl_loss", *cuda_measure(fresh, ours_run, reps, warmup)),
-    ]
-    try:
+    def liger():
         from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
 
-        def liger_run(hw):
+        def run(hw):
             hh, ww = hw
             return torch.autograd.grad(
-                liger_fused_linear_cross_entropy(hh, ww, t["labels"]), (hh, ww)
-            )
+                liger_fused_linear_cross_entropy(hh, ww, t["labels"]), (hh, ww))
 
-        rows.append(
-            ("Liger fused-linear CE (peer, CE only)", *cuda_measure(fresh, liger_run, reps, warmup))
-        )
-    except ImportError as e:
-        rows.append((f"Liger fused-linear CE: not run ({e.name} missing)", None, None))
-    print(f"\nfused LM head: N={n} H={h} V={v} k={k} bf16 (extra peak includes the two gradients)")
-    print(f"  {'method':44s} {'ms':>9s} {'extra peak GiB':>15s}")
-    for name, ms, peak in rows:
-        if ms is None:
-            print(f"  {name}")
+        return run
+
+    def add(method, run=None, reason=None, peer=None):
+        if peer is not None:
+            timing, reason = try_peer(device, fresh, peer, reps, warmup)
         else:
-            print(f"  {name:44s} {ms:9.3f} {peak / GiB:15.3f}")
+            timing = None if run is None else measure(device, fresh, run, reps, warmup)
+        r = row("fused", shape, method, timing, min_bytes, bw, reason)
+        r["tflops"] = None if r["ms"] is None else 6 * n * h * v / (r["ms"] * 1e-3) / 1e12
+        rows.append(r)
+
+    rows: list[dict] = []
+    add("torch (logits materialised + reference)", torch_run)
+    add("ours fused_linear_sparse_kl_loss", ours_run)
+    why = liger_missing(device)
+    add("Liger fused-linear CE (peer, CE only)", reason=why, peer=None if why else liger)
+    print_rows(f"fused LM head: N={n} H={h} V={v} k={k} {shape['dtype']} (extra peak includes "
+               f"the two gradients; the floor is compute-bound in practice, see tflops)", rows)
+    for r in rows:
+        if r["tflops"] is not None:
+            print(f"  {r['method']:44s} {r['tflops']:9.2f} TFLOP/s (6*N*H*V)")
+    return rows
 
 
 def cpu_small(n: int = 256, v: int = 32000, k: int = 16, reps: int = 3) -> None:
@@ -237,18 +328,40 @@ def cpu_small(n: int = 256, v: int = 32000, k: int = 16, reps: int = 3) -> None:
     print(f"  torch eager reference        {ref:9.1f} ms")
 
 
-def main(argv: list[str] | None = None) -> int:
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(","))
+
+
+def _parse(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     ap.add_argument("--no-fused", action="store_true", help="skip the fused LM-head benchmark")
     ap.add_argument("--quick", action="store_true", help="only V=151936, k=64, 5 reps")
+    ap.add_argument("--n", type=int, default=8192, help="tokens (rows of logits)")
+    ap.add_argument("--vocabs", type=_ints, default=(32000, 49152, 151936), help="e.g. 49152,151936")
+    ap.add_argument("--ks", type=_ints, default=(16, 64), help="cached top-k sizes, e.g. 64")
+    ap.add_argument("--hidden", type=int, default=2048, help="fused LM head: hidden size")
+    ap.add_argument("--fused-vocab", type=int, default=151936, help="fused LM head: vocabulary")
+    ap.add_argument("--json", type=Path, help="write every row (and the setup) here")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="CPU, tiny shapes, Triton through the interpreter: checks the script runs")
     ap.add_argument(
         "--no-cpu", action="store_true", help="without a GPU, skip the small CPU timing"
     )
     a = ap.parse_args(argv)
-    if not torch.cuda.is_available():
+    if a.quick:
+        a.vocabs, a.ks, a.reps = (151936,), (64,), 5
+    if a.dry_run:
+        a.n, a.vocabs, a.ks, a.hidden = DRY["n"], DRY["vocabs"], DRY["ks"], DRY["hidden"]
+        a.fused_vocab, a.reps, a.warmup = DRY["vocabs"][0], 1, 0
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _parse(argv)
+    if not torch.cuda.is_available() and not a.dry_run:
         print(
             "No GPU present: GPU benchmark not run (no figures measured). "
             "Run this script on a CUDA machine with triton installed."
@@ -258,21 +371,41 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import triton
 
-    print(
-        f"device: {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__}"
-    )
+    device = "cpu" if a.dry_run else "cuda"
+    name = "CPU (dry run: Triton interpreter)" if a.dry_run else torch.cuda.get_device_name()
+    print(f"device: {name} | torch {torch.__version__} | triton {triton.__version__}")
     print(f"command: {' '.join([sys.executable] + sys.argv)}")
-    bw = copy_bandwidth()
-    print(f"measured copy bandwidth: {bw / 1e9:.0f} GB/s (read + write)")
-    shapes = (
-        [(151936, 64)] if a.quick else [(v, k) for v in (32000, 49152, 151936) for k in (16, 64)]
-    )
-    reps = 5 if a.quick else a.reps
-    for v, k in shapes:
-        bench_logits(8192, v, k, reps, a.warmup, not a.no_compile, bw)
-        torch.cuda.empty_cache()
+    bw = copy_bandwidth(64 * MiB, 5, "cpu") if a.dry_run else copy_bandwidth()
+    print(f"measured copy bandwidth: {bw / 1e9:.1f} GB/s (read + write)")
+    # torch.compile on CPU (inductor's C++ build) took 20 s for the one tiny shape on a
+    # 2-core machine (2026-11): too long for a check that only shows that every row runs.
+    compile_skip = ("--no-compile" if a.no_compile else
+                    "dry run: inductor's CPU build takes ~20 s per shape" if a.dry_run else None)
+    dtype = torch.bfloat16
+    backend = "triton" if a.dry_run else "auto"
+    rows: list[dict] = []
+
+    def dump(done: bool) -> None:  # after every shape: a timeout keeps what was measured
+        if a.json:
+            a.json.write_text(json.dumps({
+                "device": name, "torch": torch.__version__, "triton": triton.__version__,
+                "command": [sys.executable] + sys.argv, "dry_run": a.dry_run, "reps": a.reps,
+                "warmup": a.warmup, "copy_bandwidth_bytes_per_s": bw, "complete": done,
+                "rows": rows}, indent=1))
+
+    for v in a.vocabs:
+        for k in a.ks:
+            rows += bench_logits(a.n, v, k, a.reps, a.warmup, compile_skip, bw, device=device,
+                                 dtype=dtype, backend=backend)
+            dump(False)
+            if device == "cuda":
+                torch.cuda.empty_cache()
     if not a.no_fused:
-        bench_fused(8192, 2048, 151936, 64, reps, a.warmup)
+        rows += bench_fused(a.n, a.hidden, a.fused_vocab, max(a.ks), a.reps, a.warmup, bw,
+                            device=device, dtype=dtype, backend=backend)
+    dump(True)
+    if a.json:
+        print(f"wrote {a.json}")
     return 0
 
 
