@@ -7,7 +7,7 @@ the price of distillation over plain continued pre-training (target on GPU: >= 0
 
     python bench/bench_train.py --cache CACHE --student STUDENT [--methods ddk,kd,cpt]
         [--steps 20] [--skip 3] [--batch-size 4] [--grad-accum 1] [--device cpu|cuda]
-        [--rounds 3] [--json]
+        [--rounds 3] [--fused-lm-head on|off|auto] [--json]
 
 A student sharing a teacher's tokenizer can be cut from the teacher itself (first/last and
 evenly spaced layers kept), which is also what the closing-note demo uses:
@@ -33,7 +33,7 @@ def make_student(teacher: str, layers: int, out: str) -> Path:
 
 
 def _run(cache: str, student: str, method: str, steps: int, skip: int, batch_size: int,
-         grad_accum: int, device: str | None, run: Path) -> dict:
+         grad_accum: int, device: str | None, run: Path, fused_lm_head: bool | None = None) -> dict:
     from ddk.cache.train.config import TrainConfig
     from ddk.cache.train.loop import train
     from ddk.cache.train.metrics import read_metrics
@@ -42,28 +42,33 @@ def _run(cache: str, student: str, method: str, steps: int, skip: int, batch_siz
     res = train(TrainConfig(cache=cache, student=student, out=str(run), method=method,
                             max_steps=steps, interval=steps, val_sequences=2,
                             batch_size=batch_size, grad_accum=grad_accum, checkpoint_every=0,
-                            progress=False, device=device))
+                            progress=False, device=device, fused_lm_head=fused_lm_head))
     recs = [r for r in read_metrics(run / "metrics.jsonl") if r["type"] == "step"][skip:]
     secs = sum(res.summary["tokens_per_step"] / r["tokens_per_s"] for r in recs)
     return {"tokens_per_s": res.summary["tokens_per_step"] * len(recs) / secs,
             "loader_wait_s": res.summary["loader_wait_s"],
-            "device": str(next(res.model.parameters()).device)}
+            "device": str(next(res.model.parameters()).device),
+            "fused_lm_head": res.summary.get("fused_lm_head")}
 
 
 def bench(cache: str, student: str, methods: list[str], steps: int, skip: int,
           batch_size: int, grad_accum: int, device: str | None, workdir: Path,
-          rounds: int = 1) -> dict:
+          rounds: int = 1, fused_lm_head: bool | None = None) -> dict:
     """Run every method `rounds` times, interleaved (ddk, cpt, ddk, cpt...), so that a change
-    in machine load hits all methods alike; report the median and best round per method."""
+    in machine load hits all methods alike; report the median and best round per method.
+    `fused_lm_head`: True/False forces the trainer's fused LM head on/off, None lets it choose."""
     import statistics
 
     out: dict = {"cache": cache, "student": student, "steps": steps, "skip": skip,
                  "batch_size": batch_size, "grad_accum": grad_accum, "rounds": rounds,
+                 "fused_lm_head_requested": fused_lm_head,
                  "methods": {m: {"rounds": []} for m in methods}}
     for _ in range(rounds):
         for m in methods:
-            r = _run(cache, student, m, steps, skip, batch_size, grad_accum, device, workdir / m)
+            r = _run(cache, student, m, steps, skip, batch_size, grad_accum, device, workdir / m,
+                     fused_lm_head)
             out["device"] = r.pop("device")
+            out["methods"][m]["fused_lm_head"] = r.pop("fused_lm_head")
             out["methods"][m]["rounds"].append(r)
     for v in out["methods"].values():
         tps = [r["tokens_per_s"] for r in v["rounds"]]
@@ -96,12 +101,15 @@ def main() -> None:
     ap.add_argument("--grad-accum", type=int, default=1)
     ap.add_argument("--device", default=None)
     ap.add_argument("--rounds", type=int, default=1, help="interleaved repeats per method")
+    ap.add_argument("--fused-lm-head", choices=["on", "off", "auto"], default="auto",
+                    help="force the trainer's fused LM head on or off (default: auto)")
     ap.add_argument("--workdir", default=None, help="where the runs go (default: a temp dir)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         r = bench(a.cache, a.student, a.methods.split(","), a.steps, a.skip, a.batch_size,
-                  a.grad_accum, a.device, Path(a.workdir or tmp), a.rounds)
+                  a.grad_accum, a.device, Path(a.workdir or tmp), a.rounds,
+                  {"on": True, "off": False, "auto": None}[a.fused_lm_head])
     if a.json:
         print(json.dumps(r))
         return
@@ -109,7 +117,7 @@ def main() -> None:
           f"{r['grad_accum']}, {r['steps']} steps (first {r['skip']} not timed), "
           f"{r['rounds']} interleaved round(s)")
     for m, v in r["methods"].items():
-        print(f"  {m:<4} median {v['tokens_per_s_median']:>10,.0f} tok/s   best "
+        print(f"  {m:<4} fused {v['fused_lm_head']!s:<5} median {v['tokens_per_s_median']:>10,.0f} tok/s   best "
               f"{v['tokens_per_s_best']:>10,.0f} tok/s   max loader wait "
               f"{v['loader_wait_s_max']:.2f}s")
     if "ddk_over_cpt_median" in r:
