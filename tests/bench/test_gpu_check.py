@@ -12,7 +12,6 @@ import math
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -30,13 +29,10 @@ def test_dry_run_runs_every_stage_and_reports(tmp_path):
     out = tmp_path / "check"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.update(PYTHON=sys.executable, CUDA_VISIBLE_DEVICES="")
-    t0 = time.perf_counter()
     argv = ["bash", str(REPO / "bench/gpu/check.sh"), "--dry-run", "--out", str(out)]
     proc = subprocess.run(argv, check=False, cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=300)
-    wall = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    assert wall < 180, f"the dry run took {wall:.0f} s; keep it under 3 minutes"
 
     report = json.loads((out / "check.json").read_text())
     assert {"command", "dry_run", "budget_s", "started", "versions", "stages"} <= report.keys()
