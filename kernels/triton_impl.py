@@ -2,14 +2,17 @@
 
 Forward kernel, per row (see docs/kernels.md for the maths and the memory traffic):
   0. ignored row (label == ignore_index): write a zero gradient row, loss 0, return.
-  1. gather the k cached logits (and the label logit) into registers, then overwrite the
-     k cached positions of the row with -inf ("sentinels"), so that
+  1. gather the k cached logits into registers, then overwrite the k cached positions of
+     the row with -inf ("sentinels"), so that
   2. pass 1 (online max + sum-exp over the row) sums only the NON-cached tokens: the tail
      log-sum-exp lse_t is exact, with no 1 - sum(q_i) cancellation when the student is
      confident; the full lse is lse_t combined with the k cached logits in registers.
+     Only then are the teacher row and the label logit read, and the loss, the k cached
+     gradients and the label's computed, so that little is live across the two sweeps
+     (ptxas spilled such values: bench/gpu/aot_compile.py).
   3. pass 2 writes the gradient of every non-cached token (cached ones read -inf -> 0):
      g_j = exp(z_j/T - lse_t) * (c_kl * (M q_t - p_t) + c_ce * q_t)   (one exp per element)
-  4. the k cached gradients and the label's are computed from registers and stored.
+  4. the k cached gradients and the label's are stored (ids read again).
   5. if the gradient goes to a separate buffer (or there is none) the k sentinels are
      restored from registers, bit-exact, so the caller's logits are unchanged on return.
 Only triton.language APIs that have been stable for years are used (load/store/where/
@@ -37,7 +40,7 @@ MIN_BLOCK_K = 128
 
 # Longer than the ~80-line norm on purpose: one fused kernel is one function. Its steps
 # (0-5 of the module docstring, marked inside) share the registers holding the cached
-# logits, the teacher row and the row statistics from the gather to the last store.
+# logits and the row statistics from the gather to the last store.
 @triton.jit(do_not_specialize=["IDS_stride", "A_stride", "K", "ignore_index"])
 def _sparse_kl_fwd_kernel(
     X_ptr,
@@ -180,7 +183,7 @@ def _sparse_kl_fwd_kernel(
                 gc += cce * qc
             else:
                 gc += cce * tl.exp(zc - big_sh - lse1_rel)
-            gc -= tl.where(ids == y, cce, 0.0)
+            gc -= tl.where(hit, cce, 0.0)
             # label outside the cached ids: its gradient is the tail formula minus c_ce
             if UNIT_T:
                 gy = tl.exp(zy - m_sh - ld_sh) * c_tail - cce
@@ -201,19 +204,16 @@ def _sparse_kl_fwd_kernel(
                 if HAS_CE:
                     g += cce * tl.exp(x - big_sh - lse1_rel)
             tl.store(G_ptr + offs, g.to(G_ptr.dtype.element_ty), mask=msk)
-        tl.debug_barrier()
-
+    tl.debug_barrier()  # every sweep done before the k cached slots are written
+    ids = tl.load(IDS_ptr + row * IDS_stride + kofs, mask=kmask, other=0).to(tl.int64)
+    if COMPUTE_GRAD:
         # 4b. store the cached ids' and the label's gradients
-        ids = tl.load(IDS_ptr + row * IDS_stride + kofs, mask=kmask, other=0).to(tl.int64)
         tl.store(G_ptr + ids, gc, mask=kmask)
         if HAS_CE:
             tl.store(G_ptr + y, gy.to(G_ptr.dtype.element_ty), mask=n_hits == 0)
-    else:
-        tl.debug_barrier()
 
     # 5. put the original cached logits back when the gradient did not overwrite them
     if RESTORE:
-        ids = tl.load(IDS_ptr + row * IDS_stride + kofs, mask=kmask, other=0).to(tl.int64)
         tl.store(X_ptr + ids, zc_raw, mask=kmask)
 
 
