@@ -323,19 +323,18 @@ def _compile_one(job: tuple[str, int, str]) -> dict:
 
 def compile_all(variants: dict, jobs: int) -> None:
     """Fill in the ptxas figures of every variant, `jobs` compiles at a time."""
+    import multiprocessing as mp
+
     _JIT_FUNCTIONS.update(jit_functions())
     todo = list(variants.values())
     work = [(v.kernel, v.arch, v.spec) for v in todo]
-    if jobs <= 1:
-        results = map(_compile_one, work)
+    with contextlib.ExitStack() as stack:
+        if jobs > 1:
+            pool = stack.enter_context(ProcessPoolExecutor(jobs, mp_context=mp.get_context("fork")))
+            results = pool.map(_compile_one, work, chunksize=4)
+        else:
+            results = map(_compile_one, work)
         for v, r in zip(todo, results):
-            for k, val in r.items():
-                setattr(v, k, val)
-        return
-    import multiprocessing as mp
-
-    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("fork")) as pool:
-        for v, r in zip(todo, pool.map(_compile_one, work, chunksize=4)):
             for k, val in r.items():
                 setattr(v, k, val)
 
