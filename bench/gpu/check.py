@@ -204,12 +204,6 @@ def stage_kernel_tests(ctx: Ctx, timeout: float) -> dict:
 
 def stage_aot(ctx: Ctx, timeout: float) -> dict:
     script = BENCH / "gpu" / "aot_compile.py"
-    if not script.exists():
-        raise Skipped("bench/gpu/aot_compile.py is not in this tree")
-    quick = '"--quick"' in script.read_text()
-    if ctx.dry and not quick:
-        raise Skipped("aot_compile.py has no --quick yet; the full launch space is too long "
-                      "for a dry run")
     f = ctx.work / "aot.json"
     argv = [sys.executable, str(script), "--archs", "90", "--json", str(f)]
     rc, out = sh(ctx, argv + ["--quick"] * ctx.dry, timeout, interpret=False)
@@ -276,23 +270,6 @@ def _load(relpath: str, name: str):
     return module
 
 
-def _write_corpus(root: Path, docs: int) -> dict[str, Path]:
-    """Three JSONL domains of different predictability (as tests/support/train_cache.py)."""
-    texts = {
-        "code": [f"def f{i}(x):\n    return x * {i} + {i % 7}\n" for i in range(docs)],
-        "prose": [f"Chapter {i}. The quick brown fox jumps over the lazy dog {i} times."
-                  for i in range(docs)],
-        "math": [f"What is {i} plus {2 * i}? Answer: {3 * i}" for i in range(docs)],
-    }
-    out = {}
-    for name, items in texts.items():
-        (root / name).mkdir(parents=True, exist_ok=True)
-        with open(root / name / "docs.jsonl", "w", encoding="utf-8") as fh:
-            fh.writelines(json.dumps({"text": t}) + "\n" for t in items)
-        out[name] = root / name
-    return out
-
-
 def trainer_bench(work: Path, c: dict) -> dict:
     """Tiny tokenizer, random llama teacher + student, a cache, then tokens/s of ddk and cpt
     with the fused LM head off and on (bench/bench_train.py's bench)."""
@@ -302,6 +279,7 @@ def trainer_bench(work: Path, c: dict) -> dict:
 
     conftest = _load("tests/conftest.py", "ddk_check_conftest")  # the tests' tiny models
     bench_train = _load("bench/bench_train.py", "ddk_check_bench_train")
+    train_cache = _load("tests/support/train_cache.py", "ddk_check_train_cache")
     t0 = time.perf_counter()
     pad = max(0, c["vocab"] - len(conftest.build_tiny_tokenizer())) if c["vocab"] else 0
     models = {}
@@ -309,7 +287,7 @@ def trainer_bench(work: Path, c: dict) -> dict:
         models[role] = conftest.save_tiny_llama(
             work / role, seed=seed, num_layers=c[f"{role}_layers"], hidden=c[f"{role}_hidden"],
             max_positions=2 * c["seq_len"], vocab_pad=pad)
-    corpus = _write_corpus(work / "corpus", c["docs"])
+    corpus = train_cache.write_corpus(work / "corpus", c["docs"])
     t1 = time.perf_counter()
     res = run_cache_job(CacheJobConfig(
         output=str(work / "cache"), teacher=str(models["teacher"]),

@@ -17,13 +17,15 @@ CACHE_SEQ_LEN = 32
 CACHE_K = 8
 
 
-def write_corpus(root: Path) -> dict[str, Path]:
-    """Three JSONL domains of different sizes (layout of tests/conftest.py's write_domain)."""
+def write_corpus(root: Path, docs_per_domain: int | None = None) -> dict[str, Path]:
+    """Three JSONL domains (layout of tests/conftest.py's write_domain): of different sizes
+    (100, 40, 40 documents), or `docs_per_domain` each (bench/gpu/check.py's trainer stage)."""
+    n = docs_per_domain
     docs = {
-        "code": [f"def f{i}(x):\n    return x * {i} + {i % 7}\n" for i in range(100)],
+        "code": [f"def f{i}(x):\n    return x * {i} + {i % 7}\n" for i in range(n or 100)],
         "prose": [f"Chapter {i}. The quick brown fox jumps over the lazy dog {i} times."
-                  for i in range(40)],
-        "math": [f"What is {i} plus {2 * i}? Answer: {3 * i}" for i in range(40)],
+                  for i in range(n or 40)],
+        "math": [f"What is {i} plus {2 * i}? Answer: {3 * i}" for i in range(n or 40)],
     }
     out = {}
     for name, texts in docs.items():
