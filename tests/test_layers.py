@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 #: the layers, lowest first: a package imports only from itself and packages before it
 LAYERS = ("ddk.kernels", "ddk.cache", "ddk.cli")
 #: the stages of ddk.cache in data-path order (`ddk.cache` itself, its __init__, is "errors")
-STAGES = ("errors", "corpus", "teacher", "store", "cache_job", "train", "demo")
+STAGES = ("errors", "device", "corpus", "teacher", "store", "cache_job", "train", "demo")
 #: earlier stages a later one must still not import (the read side never sees the write side)
 FORBIDDEN = {("train", "corpus"), ("train", "cache_job")}
 

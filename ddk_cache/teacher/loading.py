@@ -20,13 +20,15 @@ TEACHER_DTYPES = ("fp32", "bf16", "fp16", "auto")
 
 
 def load_backend(name: str, path: str | Path, *, dtype: str, device: str, seed: int, k: int,
-                 batch_size: int, engine_options: Mapping[str, Any]) -> TeacherBackend:
+                 batch_size: int, engine_options: Mapping[str, Any],
+                 progress: bool = True) -> TeacherBackend:
     """Load the teacher at `path` on backend `name` (one of BACKENDS).
 
-    transformers uses `dtype` and `device`. vLLM uses `dtype`, `seed`, `batch_size`
-    (sequences per generate call), caps its prompt log-probs at `k`, and takes every
-    `engine_options` entry as a vLLM engine argument (it places the model itself, so
-    `device` does not apply). Each backend is imported only here, when it is chosen.
+    transformers uses `dtype`, `device` and `progress` (False: no weight-loading bar). vLLM
+    uses `dtype`, `seed`, `batch_size` (sequences per generate call), caps its prompt
+    log-probs at `k`, and takes every `engine_options` entry as a vLLM engine argument (it
+    places the model itself, so `device` does not apply). Each backend is imported only
+    here, when it is chosen.
     """
     if name == "vllm":
         from ddk.cache.teacher.vllm_backend import VLLMTeacher
@@ -36,5 +38,5 @@ def load_backend(name: str, path: str | Path, *, dtype: str, device: str, seed: 
     if name == "transformers":
         from ddk.cache.teacher.transformers_backend import TransformersTeacher
 
-        return TransformersTeacher(path, dtype=dtype, device=device)
+        return TransformersTeacher(path, dtype=dtype, device=device, progress=progress)
     raise ConfigError(f"unknown backend {name!r}; use one of {', '.join(BACKENDS)}")

@@ -7,21 +7,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from ddk.cache.device import resolve_device
 from ddk.cache.errors import TeacherError
 from ddk.cache.teacher.backend import TeacherScores
 from ddk.cache.teacher.identity import teacher_identity
+from ddk.cache.teacher.model_dir import describe_error, model_load_errors, transformers_progress
 from ddk.cache.teacher.topk import scores_from_logits
 
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32,
            "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
            "fp16": torch.float16, "float16": torch.float16}
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """'auto' picks cuda when available, else cpu."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def resolve_dtype(dtype: str, device: torch.device | None = None) -> torch.dtype:
@@ -39,12 +34,14 @@ class TransformersTeacher:
 
     `max_batch_tokens` bounds B*L per forward pass (the [B, L, V] fp32 logits dominate
     memory), so a batch given to `score` is split into sub-batches when needed.
+    `device` is resolved by ddk.cache.device (ConfigError for one this machine lacks);
+    `progress` False loads without transformers' "Loading weights" bar.
     """
 
     backend_name = "transformers"
 
     def __init__(self, model_path: str | Path, *, dtype: str = "fp32", device: str = "auto",
-                 max_batch_tokens: int = 8192) -> None:
+                 max_batch_tokens: int = 8192, progress: bool = True) -> None:
         from transformers import AutoConfig, AutoModelForCausalLM
 
         path = Path(model_path)
@@ -55,10 +52,12 @@ class TransformersTeacher:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         try:
-            config = AutoConfig.from_pretrained(path)
-            self.model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype)
-        except (OSError, ValueError) as e:
-            raise TeacherError(f"cannot load teacher from {path}: {e}") from e
+            with transformers_progress(progress):
+                config = AutoConfig.from_pretrained(path)
+                self.model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype)
+        except model_load_errors() as e:
+            raise TeacherError(f"cannot load the teacher from {path} ({describe_error(e)}); "
+                               "repair the model directory or copy it again") from e
         self.model.to(self.device).eval()
         self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
         self.max_seq_len = getattr(config, "max_position_embeddings", None)

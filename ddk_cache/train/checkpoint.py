@@ -46,26 +46,52 @@ def _begin_checkpoint(ckpt_dir: Path, step: int) -> Path:
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     for stale in ckpt_dir.glob(".tmp-*"):  # left by a process killed mid-write
         shutil.rmtree(stale, ignore_errors=True)
+    for stale in ckpt_dir.glob(".latest-*"):
+        stale.unlink(missing_ok=True)
     tmp = ckpt_dir / f".tmp-step-{step:08d}-{os.getpid()}"
     tmp.mkdir()
     return tmp
 
 
+def _write_state(path: Path, state: dict[str, Any]) -> None:
+    """torch.save + fsync. An OS error (a full disk...) is raised as an OSError naming `path`:
+    torch.save reports a failed write as a RuntimeError, the OSError as its context."""
+    try:
+        with open(path, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except (OSError, RuntimeError) as e:
+        os_error = e if isinstance(e, OSError) else e.__context__
+        if not isinstance(os_error, OSError) or os_error.errno is None:
+            raise
+        raise OSError(os_error.errno, os_error.strerror, str(path)) from e
+
+
 def _commit_checkpoint(ckpt_dir: Path, tmp: Path, step: int, state: dict[str, Any],
                        keep: int) -> Path:
-    """state.pt into `tmp`, `tmp` renamed into place, then `latest` replaced; prune old ones."""
-    with open(tmp / "state.pt", "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
+    """state.pt into `tmp`, `tmp` renamed into place, then `latest` replaced; prune old ones.
+
+    A failed write (say, the disk is full) removes `tmp` and leaves `latest` and the
+    checkpoint it names untouched.
+    """
+    try:
+        _write_state(tmp / "state.pt", state)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     name = f"step-{step:08d}"
     final = ckpt_dir / name
     if final.exists():
         shutil.rmtree(final)
     os.rename(tmp, final)
     pointer_tmp = ckpt_dir / f".latest-{os.getpid()}"
-    pointer_tmp.write_text(name + "\n")
-    os.replace(pointer_tmp, ckpt_dir / "latest")
+    try:
+        pointer_tmp.write_text(name + "\n")
+        os.replace(pointer_tmp, ckpt_dir / "latest")
+    except BaseException:  # `latest` still names the previous checkpoint, which is kept
+        pointer_tmp.unlink(missing_ok=True)
+        raise
     for old in sorted(p for p in ckpt_dir.glob("step-*") if p.is_dir())[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

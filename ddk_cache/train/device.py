@@ -2,28 +2,17 @@
 
 Both the trainer and evaluate_model take a --device and a --bf16/--no-bf16 option; resolving
 them here keeps the defaults (CUDA when there is one; bf16 autocast where the GPU supports it)
-and the errors for impossible requests identical in both.
+and the errors for impossible requests identical in both. The device itself is resolved by
+ddk.cache.device, which the teacher side uses too; it is re-exported here for the trainer.
 """
 
 from __future__ import annotations
 
 import torch
+from ddk.cache.device import resolve_device
 from ddk.cache.errors import ConfigError
 
 __all__ = ["resolve_autocast", "resolve_device"]
-
-
-def resolve_device(device: str | None) -> torch.device:
-    """`device` as a torch.device; None means cuda if available, else cpu.
-
-    ConfigError if CUDA is requested on a machine without a CUDA GPU.
-    """
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device cuda was requested but no CUDA GPU is available")
-    return dev
 
 
 def resolve_autocast(bf16: bool | None, device: torch.device) -> torch.dtype | None:

@@ -61,6 +61,7 @@ from typing import Any
 
 import torch
 from ddk.cache.errors import ConfigError
+from ddk.cache.teacher.model_dir import transformers_progress
 from ddk.cache.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -155,8 +156,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     cfg.validate()
     d = init_distributed(cfg.device)
     try:
-        run, state = prepare(cfg, d)
-        return finish(run, state, fit(run, state))
+        with transformers_progress(cfg.progress):  # quiet: no loading/saving bars either
+            run, state = prepare(cfg, d)
+            return finish(run, state, fit(run, state))
     finally:
         close_distributed(d)
 
@@ -169,6 +171,7 @@ def prepare(cfg: TrainConfig, d: Dist) -> tuple[Run, TrainState]:
     rank has passed them (the barrier).
     """
     out = Path(cfg.out)
+    _check_out(out)
     amp = resolve_autocast(cfg.bf16, d.device)  # --bf16 on a CPU fails here, first
     if cfg.fsdp and d.world == 1:
         raise ConfigError("--fsdp shards the student across the processes of a torchrun "
@@ -203,6 +206,19 @@ def prepare(cfg: TrainConfig, d: Dist) -> tuple[Run, TrainState]:
     return run, state
 
 
+def _check_out(out: Path) -> None:
+    """ConfigError if the run directory is an existing file, or would be inside one."""
+    for p in (out, *out.parents):
+        if not p.exists():
+            continue
+        if p.is_dir():
+            return
+        where = (f"--out {out} is an existing file" if p == out else
+                 f"--out {out} cannot be created: {p} is an existing file")
+        raise ConfigError(f"{where}, not a directory; choose another --out (a directory "
+                          "that does not exist yet, or an earlier run's to --resume)")
+
+
 def _place_student(cfg: TrainConfig, d: Dist, model: torch.nn.Module, amp: torch.dtype | None,
                    online_teacher: bool) -> tuple[torch.nn.Module, torch.optim.Optimizer, bool]:
     """(net, AdamW, fused): the student on its device in train mode, with the fused-head
@@ -229,11 +245,7 @@ def _load_models(cfg: TrainConfig, d: Dist) -> tuple[Any, torch.nn.Module, Any,
                                                      torch.nn.Module | None]:
     """(cache reader, student, tokenizer, online teacher or None), each checked."""
     reader = open_cache(cfg.cache)
-    if not cfg.progress:  # quiet means quiet: no weight-loading bars either
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    model, tokenizer = load_student(cfg.student, reader)
+    model, tokenizer = load_student(cfg.student, reader, progress=cfg.progress)
     cfg.check_cache_k(reader.k)
     teacher = (None if cfg.online_teacher is None
                else load_online_teacher(cfg.online_teacher, reader, d.device))

@@ -14,6 +14,12 @@ from typing import Any
 
 import torch
 from ddk.cache.errors import ConfigError
+from ddk.cache.teacher.model_dir import (
+    describe_error,
+    load_tokenizer,
+    model_load_errors,
+    transformers_progress,
+)
 
 __all__ = ["check_student", "load_student"]
 
@@ -44,9 +50,15 @@ def check_student(model_config: Any, tokenizer: Any, reader: Any, name: str = "s
             f"most {max_pos} positions; rebuild the cache with --seq-len <= {max_pos}")
 
 
-def load_student(path: str | Path, reader: Any, *, name: str = "student") -> tuple[Any, Any]:
-    """Load a local transformers causal LM + tokenizer (float32), checked against the cache."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+def load_student(path: str | Path, reader: Any, *, name: str = "student",
+                 progress: bool = True) -> tuple[Any, Any]:
+    """Load a local transformers causal LM + tokenizer (float32), checked against the cache.
+
+    A damaged directory (config.json that is not JSON, no or broken tokenizer files, a
+    truncated .safetensors) is one ConfigError naming it. `progress` False loads without
+    transformers' "Loading weights" bar.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     p = Path(path)
     if not (p.is_dir() and (p / "config.json").exists()):
@@ -54,13 +66,17 @@ def load_student(path: str | Path, reader: Any, *, name: str = "student") -> tup
                           "(no config.json); pass a save_pretrained directory")
     try:
         config = AutoConfig.from_pretrained(p, local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(p, local_files_only=True)
-    except (OSError, ValueError, KeyError) as e:
-        raise ConfigError(f"cannot load the {name}'s config/tokenizer from {path}: {e}") from e
+    except model_load_errors() as e:
+        raise ConfigError(f"cannot load the {name}'s config from {path} ({describe_error(e)}); "
+                          "repair its config.json or copy the model directory again") from e
+    tokenizer = load_tokenizer(p, name=name, error=ConfigError)
     check_student(config, tokenizer, reader, name)
     try:
-        model = AutoModelForCausalLM.from_pretrained(p, local_files_only=True,
-                                                     dtype=torch.float32)
-    except (OSError, ValueError, KeyError) as e:
-        raise ConfigError(f"cannot load the {name} model from {path}: {e}") from e
+        with transformers_progress(progress):
+            model = AutoModelForCausalLM.from_pretrained(p, local_files_only=True,
+                                                         dtype=torch.float32)
+    except model_load_errors() as e:
+        raise ConfigError(f"cannot load the {name}'s weights from {path} "
+                          f"({describe_error(e)}); repair the model directory or copy it "
+                          "again") from e
     return model, tokenizer

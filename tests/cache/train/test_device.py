@@ -1,4 +1,5 @@
-"""resolve_device / resolve_autocast: the one device + bf16 resolver of training and `ddk eval`."""
+"""resolve_device / resolve_autocast: the one device + bf16 resolver of training and `ddk eval`
+(resolve_device is ddk.cache.device's, re-exported; tests/cache/test_device.py tests it)."""
 
 from __future__ import annotations
 
