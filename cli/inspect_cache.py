@@ -29,6 +29,9 @@ OPTION_FIELDS: dict[str, Target] = {
 @click.option("--verify", type=click.IntRange(min=0), default=0, show_default=True,
               metavar="N", help="Re-run the teacher on N stored validation sequences and "
                                 "report how far the stored values are from the exact ones.")
+@click.option("--check", is_flag=True,
+              help="Also read every shard object and compare its CRC-32 with the one recorded "
+                   "when it was written (reads the whole store; sizes are always checked).")
 @click.option("--teacher", default=None,
               help="Teacher directory for --verify. [default: the path recorded in the cache]")
 @click.option("--device", default="auto", show_default=True,
@@ -41,10 +44,17 @@ def inspect_cache(as_json: bool, **opts: Any) -> None:
 
     Per domain and split: sequences, tokens, stored vs logical bytes, compression ratio,
     bytes per token and per top-k entry, top-k probability mass, teacher loss and
-    perplexity, missing shards; plus the layout. Works on unfinished stores too.
+    perplexity, missing shards, damaged objects; plus the layout. Works on unfinished
+    stores too. Exits with status 1 when an object is damaged (after the report).
     """
+    from ddk.cache.errors import DamagedCacheError
     from ddk.cache.store.report import inspect_cache as run_inspect
     from ddk.cache.store.report_text import format_report
 
     report = run_inspect(**field_values(opts, OPTION_FIELDS))
     click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
+    damaged = report["integrity"]["damaged"]
+    if damaged:
+        raise DamagedCacheError(
+            f"cache {opts['path']} is damaged: {len(damaged)} objects (listed above); re-run "
+            "the `ddk cache-teacher` command that built it to rewrite the damaged shards")

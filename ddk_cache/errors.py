@@ -19,6 +19,7 @@ __all__ = [
     "ConfigError",
     "CorpusError",
     "DDKError",
+    "DamagedCacheError",
     "IncompleteCacheError",
     "StoreError",
     "StoreMismatchError",
@@ -48,3 +49,7 @@ class StoreMismatchError(StoreError):
 
 class IncompleteCacheError(StoreError):
     """A cache is missing shards, domains or teacher validation loss that the caller needs."""
+
+
+class DamagedCacheError(StoreError):
+    """A cache object is missing, truncated or altered (see ddk.cache.store.integrity)."""

@@ -2,7 +2,9 @@
 
 The job is restartable: shards already flagged done are skipped, so re-running the same
 command after a crash (even SIGKILL) finishes the store, and re-running a finished job
-does no teacher work. Several workers (`num_workers`, `worker_index`) split the shards
+does no teacher work. A re-run also checks this worker's finished shards against their
+manifests (store/integrity.py) and writes the damaged ones again, so it repairs a store
+into the one an undamaged run would have written. Several workers (`num_workers`, `worker_index`) split the shards
 round-robin and write disjoint objects; whichever finishes last marks the store complete.
 """
 
@@ -17,14 +19,20 @@ from typing import Any
 from ddk.cache.cache_job.config import CacheJobConfig, apply_defaults, validate
 from ddk.cache.corpus.packing import PackedDomain, pack_domain
 from ddk.cache.corpus.sources import source_fingerprint
+from ddk.cache.device import resolve_device
 from ddk.cache.errors import ConfigError
 from ddk.cache.store.encoding import Encoding, id_dtype_for_vocab
-from ddk.cache.store.layout import FORMAT_VERSION, SPLITS, check_writable
+from ddk.cache.store.integrity import MANIFEST_META, check_store, done_flags
+from ddk.cache.store.layout import FORMAT_VERSION, META_KEY, SPLITS, check_output, num_shards
 from ddk.cache.store.writer import CacheWriter
 from ddk.cache.teacher.backend import TeacherBackend, TeacherScores
 from ddk.cache.teacher.identity import teacher_identity, tokenizer_fingerprint
 from ddk.cache.teacher.loading import load_backend
-from ddk.cache.teacher.model_dir import resolve_teacher_path, teacher_limits
+from ddk.cache.teacher.model_dir import (
+    load_teacher_tokenizer,
+    resolve_teacher_path,
+    teacher_limits,
+)
 from tqdm.auto import tqdm
 
 
@@ -38,6 +46,7 @@ class CacheJobResult:
     tokens_scored: int
     seconds: float
     teacher_seconds: float
+    repaired: int = 0  # of shards_written: damaged shards written again
 
     @property
     def tokens_per_second(self) -> float:
@@ -69,6 +78,7 @@ def build_metadata(cfg: CacheJobConfig, teacher_path: Path, tokenizer: Any,
                              logprob_step=cfg.logprob_step,
                              codec_profile=cfg.codec_profile).to_json(),
         "sequences_per_shard": cfg.sequences_per_shard,
+        "shard_manifest": MANIFEST_META,
         "split": {"val_sequences": cfg.val_sequences,
                   "max_train_sequences": cfg.max_train_sequences, "seed": cfg.seed},
         "domains": {
@@ -82,19 +92,48 @@ def build_metadata(cfg: CacheJobConfig, teacher_path: Path, tokenizer: Any,
     }
 
 
-def my_shards(writer: CacheWriter, worker_index: int, num_workers: int
+def my_shards(meta: dict[str, Any], worker_index: int, num_workers: int
               ) -> list[tuple[str, str, int]]:
-    """This worker's not-yet-done shards: a fixed round-robin over (domain, split, shard)."""
-    todo = []
-    position = 0
-    for domain in writer.meta["domains"]:
-        for split in SPLITS:
-            flags = writer.done_flags(domain, split)
-            for shard in range(writer.num_shards(domain, split)):
-                if position % num_workers == worker_index and not flags[shard]:
-                    todo.append((domain, split, shard))
-                position += 1
-    return todo
+    """This worker's shards, done or not: a fixed round-robin over (domain, split, shard)."""
+    per_shard = int(meta["sequences_per_shard"])
+    every = [(domain, split, shard) for domain, info in meta["domains"].items()
+             for split in SPLITS
+             for shard in range(num_shards(int(info[f"{split}_sequences"]), per_shard))]
+    return every[worker_index::num_workers]
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """What a run will write: `todo` (in order), of which `damaged` are repairs;
+    `intact` is False when the existing store has any damage, shard or metadata."""
+
+    todo: list[tuple[str, str, int]]
+    damaged: list[tuple[str, str, int]]
+    intact: bool
+
+
+def shards_to_write(existing: Any, mine: list[tuple[str, str, int]], *, progress: bool
+                    ) -> ShardPlan:
+    """The shards of `mine` to write into `existing` (None: a store to create).
+
+    A shard is written unless it is flagged done and every object it recorded is present
+    and intact (sizes and CRC-32 against its manifest): a damaged shard is written again.
+    """
+    if existing is None:
+        return ShardPlan(mine, [], True)
+    by_split: dict[tuple[str, str], list[int]] = {}
+    for domain, split, shard in mine:
+        by_split.setdefault((domain, split), []).append(shard)
+    report = check_store(existing, existing.attrs[META_KEY], checksums=True,
+                         shards=by_split, progress=progress)
+    damaged = {(d, s, i) for (d, s), shards in report.damaged_shards().items() for i in shards}
+    done = set()
+    for (domain, split), shards in by_split.items():
+        flags = done_flags(existing, domain, split)
+        if flags is not None:  # else: reported as damage, every shard is written
+            done |= {(domain, split, i) for i in shards if flags[i]}
+    return ShardPlan([x for x in mine if x not in done or x in damaged],
+                     [x for x in mine if x in damaged], report.ok)
 
 
 def _teacher_vocab(cfg: CacheJobConfig, teacher_path: Path) -> int:
@@ -136,40 +175,54 @@ def _score_shards(cfg: CacheJobConfig, writer: CacheWriter, todo: list[tuple[str
 
 
 def run_cache_job(cfg: CacheJobConfig) -> CacheJobResult:
-    """Build (or finish) the teacher cache described by `cfg`; see the module docstring."""
-    # transformers (and with it torch) is imported only once a job runs
-    from transformers import AutoTokenizer
+    """Build, finish or repair the teacher cache described by `cfg` (module docstring).
 
+    Everything that can fail on the user's input (options, output location, teacher
+    directory, corpus, an existing store's parameters, the teacher's weights) fails before
+    the store is created or changed, so a corrected command is never blocked by debris.
+    """
     t0 = time.perf_counter()
     cfg = apply_defaults(cfg)
     validate(cfg)
-    check_writable(cfg.output)
+    if cfg.backend == "transformers":  # vLLM places the model itself
+        resolve_device(cfg.device)
+    check_output(cfg.output, overwrite=cfg.overwrite)
     teacher_path = resolve_teacher_path(cfg.teacher)
     vocab_size = _teacher_vocab(cfg, teacher_path)
-    tokenizer = AutoTokenizer.from_pretrained(teacher_path)
+    tokenizer = load_teacher_tokenizer(teacher_path)
     packed = [pack_domain(spec, tokenizer, cfg.seq_len, val_sequences=cfg.val_sequences,
                           max_train_sequences=cfg.max_train_sequences, seed=cfg.seed,
                           progress=cfg.progress)
               for spec in cfg.domains]
     meta = build_metadata(cfg, teacher_path, tokenizer, packed, vocab_size)
-    writer = CacheWriter.open(cfg.output, meta, overwrite=cfg.overwrite)
-    todo = my_shards(writer, cfg.worker_index, cfg.num_workers)
-    if not todo:
+    existing = CacheWriter.existing(cfg.output, meta, overwrite=cfg.overwrite)
+    plan = shards_to_write(existing, my_shards(meta, cfg.worker_index, cfg.num_workers),
+                           progress=cfg.progress)
+    todo = plan.todo
+    if not todo and plan.intact:
+        writer = CacheWriter.open(cfg.output, meta, overwrite=cfg.overwrite)
         complete = bool(writer.meta.get("complete")) or writer.finalize()
         return CacheJobResult(cfg.output, complete, 0, 0, time.perf_counter() - t0, 0.0)
 
-    backend = load_backend(cfg.backend, teacher_path, dtype=cfg.dtype, device=cfg.device,
-                           seed=cfg.seed, k=cfg.k, batch_size=cfg.batch_size,
-                           engine_options=cfg.engine_options)
+    backend = None if not todo else load_backend(
+        cfg.backend, teacher_path, dtype=cfg.dtype, device=cfg.device, seed=cfg.seed, k=cfg.k,
+        batch_size=cfg.batch_size, engine_options=cfg.engine_options, progress=cfg.progress)
     try:
-        if backend.vocab_size < cfg.k:
+        if backend is not None and backend.vocab_size < cfg.k:
             raise ConfigError(f"--k {cfg.k} exceeds the teacher's vocabulary "
                               f"({backend.vocab_size})")
+        writer = CacheWriter.open(cfg.output, meta, overwrite=cfg.overwrite)
+        if not plan.intact:
+            writer.mark_incomplete()
+            for domain, split, shard in plan.damaged:
+                writer.clear_shard(domain, split, shard)
         tokens = sum(stop - start for start, stop in (writer.shard_range(d, s, i)
                                                       for d, s, i in todo)) * cfg.seq_len
-        teacher_seconds = _score_shards(cfg, writer, todo, packed, backend, tokens)
+        teacher_seconds = 0.0 if backend is None else _score_shards(
+            cfg, writer, todo, packed, backend, tokens)
     finally:
-        backend.close()
+        if backend is not None:
+            backend.close()
     complete = writer.finalize()
     return CacheJobResult(cfg.output, complete, len(todo), tokens,
-                          time.perf_counter() - t0, teacher_seconds)
+                          time.perf_counter() - t0, teacher_seconds, repaired=len(plan.damaged))

@@ -9,24 +9,26 @@ Layout (specified in docs/cache-format.md, readable with plain zarr):
         topk_logprobs  [n, L-1, k]     uint16 quantised log-probs (encoding.py)
         tail_logmass   [n, L-1]        uint16 quantised log(1 - sum top-k probs)
         target_logprob [n, L-1]        float32 teacher log-prob of the next token (validation only)
+        shard_manifest [num_shards, arrays, 3]  uint64, per array: written, bytes, CRC-32
         shard_done     [num_shards]    uint8, 1 once every array of that shard is written
 
 The unit of work and of atomicity is the shard (`sequences_per_shard` sequences): a shard
-is written whole, then its flag; a flag is never set for a partial shard, so a killed job
-redoes at most the shards it was writing. Each flag is its own object, so several workers
-can fill disjoint shards of one store concurrently.
+is written whole, then its manifest row (integrity.py), then its flag; a flag is never set
+for a partial shard, so a killed job redoes at most the shards it was writing. Each flag
+and manifest row is its own object, so several workers can fill disjoint shards of one
+store concurrently.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import warnings
-from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import zarr
 from ddk.cache.errors import StoreError
 
@@ -74,6 +76,84 @@ def check_writable(path: str) -> None:
                          f"{parent}); choose another --output")
 
 
+@dataclass(frozen=True)
+class OutputState:
+    """What an output location holds before a cache job writes there.
+
+    kind: "absent" (nothing, or an empty directory), "ddk" (a ddk cache; `meta` is its
+    metadata) or "foreign" (anything else). `foreign` lists a few entries that a ddk cache
+    does not hold: those ddk will never delete.
+    """
+
+    kind: str
+    meta: dict[str, Any] | None = None
+    foreign: tuple[str, ...] = ()
+
+
+def output_state(path: str) -> OutputState:
+    """Classify `path` (local directories only; a URL is "absent" or "ddk" by its metadata)."""
+    local = local_path(path)
+    if local is None:
+        try:
+            meta = zarr.open_group(path, mode="r").attrs.get(META_KEY)
+        except (OSError, ValueError, KeyError):
+            return OutputState("absent")
+        return OutputState("ddk", meta) if meta is not None else OutputState("absent")
+    if not local.is_dir() or not any(local.iterdir()):
+        return OutputState("absent")
+    meta = _root_meta(local)
+    foreign = _foreign_entries(local)
+    return OutputState("foreign" if meta is None else "ddk", meta, foreign)
+
+
+def _root_meta(root: Path) -> dict[str, Any] | None:
+    """The ddk metadata in `root`/zarr.json, None if there is none (or it is not JSON)."""
+    try:
+        doc = json.loads((root / "zarr.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    meta = doc.get("attributes", {}).get(META_KEY) if isinstance(doc, dict) else None
+    return meta if isinstance(meta, dict) else None
+
+
+def _foreign_entries(root: Path, limit: int = 5) -> tuple[str, ...]:
+    """Up to `limit` files under `root` that a ddk cache does not hold: anything but the
+    zarr.json of a node and the chunk objects below an array's `c/` directory."""
+    out: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        dirnames.sort()
+        if here.name == "c" and (here.parent / "zarr.json").is_file():
+            dirnames[:] = []  # chunk objects of an array
+            continue
+        out += [str((here / name).relative_to(root)) for name in sorted(filenames)
+                if name != "zarr.json"]
+        if len(out) >= limit:
+            break
+    return tuple(out[:limit])
+
+
+def check_output(path: str, *, overwrite: bool) -> OutputState:
+    """Fail early, before any teacher work, unless a cache may be written at `path`.
+
+    Refused: a location that cannot be written, a non-empty directory that is not a ddk
+    cache (with or without --overwrite: ddk deletes nothing it did not write), and
+    --overwrite of a ddk cache that also holds other files.
+    """
+    check_writable(path)
+    state = output_state(path)
+    if state.kind == "foreign":
+        shown = ", ".join(state.foreign) or "other content"
+        raise StoreError(f"output location {path} is not empty and is not a ddk cache "
+                         f"(it holds {shown}); ddk will neither write into it nor delete it: "
+                         "choose another --output")
+    if state.kind == "ddk" and overwrite and state.foreign:
+        raise StoreError(f"--overwrite would delete {path}, a ddk cache that also holds files "
+                         f"ddk did not write ({', '.join(state.foreign)}); move them out "
+                         "first, or choose another --output")
+    return state
+
+
 def job_key(meta: dict[str, Any]) -> dict[str, Any]:
     """The parts of the metadata that define the cache's content (not run status/paths)."""
     key = {k: v for k, v in meta.items() if k not in _RUN_ONLY_KEYS}
@@ -102,20 +182,3 @@ def split_arrays(split: str) -> list[str]:
 
 def num_shards(num_sequences: int, sequences_per_shard: int) -> int:
     return math.ceil(num_sequences / sequences_per_shard)
-
-
-def missing_shards(group: zarr.Group, domains: Sequence[str]
-                   ) -> dict[tuple[str, str], list[int]]:
-    """(domain, split) -> indices of shards not flagged done; [-1] if the flags are absent."""
-    out = {}
-    for domain in domains:
-        for split in SPLITS:
-            try:
-                flags = np.asarray(group[f"{domain}/{split}/shard_done"][:])
-            except KeyError:
-                out[(domain, split)] = [-1]
-                continue
-            missing = [int(i) for i in np.flatnonzero(flags == 0)]
-            if missing:
-                out[(domain, split)] = missing
-    return out

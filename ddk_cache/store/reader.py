@@ -10,16 +10,55 @@ from typing import Any
 import numpy as np
 import torch
 import zarr
-from ddk.cache.errors import IncompleteCacheError, StoreError
+from ddk.cache.errors import DamagedCacheError, IncompleteCacheError, StoreError
 from ddk.cache.store.encoding import Encoding, dequantize_logprobs
+from ddk.cache.store.integrity import missing_shards, shard_key
 from ddk.cache.store.layout import (
     FORMAT_VERSION,
     META_KEY,
     SPLITS,
     local_path,
-    missing_shards,
     zarr_target,
 )
+
+
+def read_rows(arr: zarr.Array, indices: np.ndarray) -> np.ndarray:
+    """Rows `indices` (sorted, distinct) of a cache array, reading only their chunks.
+
+    Every chunk carries a CRC-32C; a mismatch (bytes altered on disk) becomes a
+    DamagedCacheError naming the shard objects that fail, instead of zarr's bare ValueError.
+    """
+    select = (indices,) + (slice(None),) * (arr.ndim - 1)
+    try:
+        return np.asarray(arr.get_orthogonal_selection(select))
+    except ValueError as e:
+        if "checksum" not in str(e):
+            raise
+        bad = _unreadable_shards(arr, indices)
+        raise DamagedCacheError(
+            f"cache object {', '.join(bad) or arr.path} fails its checksum (bytes altered on "
+            f"disk); run `ddk inspect-cache {_store_location(arr)} --check` to list every "
+            "damaged object, then re-run the `ddk cache-teacher` command that built the cache "
+            "to rewrite them") from None
+
+
+def _unreadable_shards(arr: zarr.Array, indices: np.ndarray) -> list[str]:
+    """Store keys of the shards holding `indices` that cannot be decoded (read one by one)."""
+    per_shard = int((arr.shards or arr.chunks)[0])
+    bad = []
+    for shard in np.unique(indices // per_shard):
+        rows = indices[indices // per_shard == shard]
+        try:
+            arr.get_orthogonal_selection((rows,) + (slice(None),) * (arr.ndim - 1))
+        except ValueError:
+            bad.append(shard_key(arr, int(shard)))
+    return bad
+
+
+def _store_location(arr: zarr.Array) -> str:
+    """The store's path (local) or URL, for messages."""
+    root = getattr(arr.store, "root", None)
+    return str(root) if root is not None else str(arr.store)
 
 
 @dataclass(frozen=True)
@@ -140,7 +179,7 @@ class CacheReader:
             return np.empty((0,) + arr.shape[1:], dtype=arr.dtype)
         order = np.argsort(idx, kind="stable")
         uniq, inverse = np.unique(idx[order], return_inverse=True)
-        rows = arr.get_orthogonal_selection((uniq,) + (slice(None),) * (arr.ndim - 1))
+        rows = read_rows(arr, uniq)
         out = np.empty((idx.size,) + rows.shape[1:], dtype=rows.dtype)
         out[order] = rows[inverse]
         return out

@@ -7,6 +7,9 @@ What it reports, per domain and split and for the whole store:
   per top-k entry, and the same per array;
 - fidelity of the cached distribution: top-k probability mass (mean, 5th percentile) on a
   bounded sample, and the teacher's validation loss / perplexity recorded at finalisation;
+- integrity: every missing, truncated or (with `check=True`, which reads every object)
+  altered object of a finished shard, by store key, against the shard manifests
+  (integrity.py); damaged shards are left out of every other figure;
 - completeness (missing shards) and layout (chunk/shard shapes, codecs, encoding, identity);
 - with `verify=N`, the teacher is re-run on N stored validation sequences and the stored
   values are compared with the exact ones (verify.py), which gives the fidelity figures
@@ -25,9 +28,10 @@ from typing import Any
 import numpy as np
 import zarr
 from ddk.cache.store.encoding import dequantize_logprobs
+from ddk.cache.store.integrity import check_store
 from ddk.cache.store.layout import SPLITS, split_arrays
-from ddk.cache.store.reader import CacheReader
-from ddk.cache.store.selection import finished_sequences, read_rows, spread
+from ddk.cache.store.reader import CacheReader, read_rows
+from ddk.cache.store.selection import finished_sequences, spread
 from ddk.cache.store.verify import verify_cache
 from zarr.core.sync import sync
 
@@ -50,7 +54,10 @@ DEFINITIONS = {
     "overhead_bytes": "store objects outside the data arrays: metadata and shard_done flags",
     "topk_mass": f"sum of exp(top-k log-probs) per position, over up to "
                  f"{MASS_SAMPLE_SEQUENCES} evenly spaced finished sequences per split",
-    "counted": "only sequences of finished shards count (sequences_done)",
+    "counted": "only sequences of finished, undamaged shards count (sequences_done)",
+    "integrity": "every object of every finished shard against the size (and, with "
+                 "--check, the CRC-32) its shard recorded when it was written; damaged "
+                 "shards are listed by object and left out of every other figure",
 }
 
 
@@ -169,12 +176,13 @@ def _layout(reader: CacheReader) -> dict[str, Any]:
 
 
 # -- the report -------------------------------------------------------------------------
-def _split_report(reader: CacheReader, domain: str, split: str) -> dict[str, Any]:
-    """Completeness, storage and fidelity of one domain/split."""
-    done, missing, n_shards = finished_sequences(reader, domain, split)
+def _split_report(reader: CacheReader, domain: str, split: str,
+                  damaged: list[int]) -> dict[str, Any]:
+    """Completeness, storage and fidelity of one domain/split (damaged shards left out)."""
+    done, missing, n_shards = finished_sequences(reader, domain, split, damaged)
     entry = {"sequences": reader.num_sequences(domain, split),
              "sequences_done": int(done.size), "num_shards": n_shards,
-             "missing_shards": missing,
+             "missing_shards": missing, "damaged_shards": damaged,
              **_split_storage(reader, domain, split, int(done.size)),
              "topk_mass": _topk_mass(reader, domain, split, done)}
     if split == "validation":
@@ -191,7 +199,10 @@ def _completeness(reader: CacheReader, domains: dict[str, dict[str, Any]]) -> di
             "shards_done": total - sum(len(e["missing_shards"]) for e in entries),
             "missing_shards": {f"{d}/{s}": e["missing_shards"]
                                for d, splits in domains.items() for s, e in splits.items()
-                               if e["missing_shards"]}}
+                               if e["missing_shards"]},
+            "damaged_shards": {f"{d}/{s}": e["damaged_shards"]
+                               for d, splits in domains.items() for s, e in splits.items()
+                               if e["damaged_shards"]}}
 
 
 def _totals(reader: CacheReader, domains: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -218,19 +229,25 @@ def _totals(reader: CacheReader, domains: dict[str, dict[str, Any]]) -> dict[str
             "arrays": arrays}
 
 
-def inspect_cache(path: str | Path, *, verify: int = 0, teacher: str | None = None,
-                  progress: bool = True, device: str = "auto",
+def inspect_cache(path: str | Path, *, verify: int = 0, check: bool = False,
+                  teacher: str | None = None, progress: bool = True, device: str = "auto",
                   dtype: str = "fp32") -> dict[str, Any]:
-    """Storage, fidelity, completeness and layout statistics of the cache at `path`.
+    """Storage, fidelity, integrity, completeness and layout statistics of the cache at `path`.
 
-    `verify` > 0 re-runs the teacher (`teacher`, default the path recorded in the cache)
-    on that many validation sequences, see `verify.verify_cache`. Returns a JSON-able
-    dict; the meaning of each figure is in its "definitions" entry. Raises StoreError if
-    `path` is not a ddk cache.
+    Every shard object is checked against its manifest (integrity.py): sizes always,
+    CRC-32 too with `check` (reads the whole store). Damaged shards are listed and left
+    out of the figures. `verify` > 0 re-runs the teacher (`teacher`, default the path
+    recorded in the cache) on that many validation sequences, see `verify.verify_cache`.
+    Returns a JSON-able dict; the meaning of each figure is in its "definitions" entry.
+    Raises StoreError if `path` is not a ddk cache.
     """
     reader = CacheReader.open(path, require_complete=False)
     meta = reader.meta
-    domains = {domain: {split: _split_report(reader, domain, split) for split in SPLITS}
+    integrity = check_store(reader.group, meta, checksums=check, progress=progress)
+    damaged = integrity.damaged_shards()
+    domains = {domain: {split: _split_report(reader, domain, split,
+                                             damaged.get((domain, split), []))
+                        for split in SPLITS}
                for domain in reader.domains}
     report: dict[str, Any] = {
         "path": str(path),
@@ -239,6 +256,7 @@ def inspect_cache(path: str | Path, *, verify: int = 0, teacher: str | None = No
         "teacher": reader.teacher,
         "tokenizer": dict(meta.get("tokenizer", {})),
         "layout": _layout(reader),
+        "integrity": integrity.to_dict(),
         "completeness": _completeness(reader, domains),
         "domains": domains,
         "totals": _totals(reader, domains),
@@ -247,5 +265,5 @@ def inspect_cache(path: str | Path, *, verify: int = 0, teacher: str | None = No
     }
     if verify > 0:
         report["verify"] = verify_cache(reader, verify, teacher=teacher, progress=progress,
-                                        device=device, dtype=dtype)
+                                        device=device, dtype=dtype, damaged=damaged)
     return report

@@ -1,7 +1,8 @@
 """The inspect-cache report (report.py) as the aligned text that `ddk inspect-cache` prints.
 
 One section per part of the report: a header (cache, teacher, tokenizer, encoding), storage
-per domain/split and per array, fidelity (top-k mass, teacher loss), completeness, layout,
+per domain/split and per array, fidelity (top-k mass, teacher loss), integrity (damaged
+objects by key), completeness, layout,
 and, when the report holds one, the --verify result. Only formatting lives here: every
 figure comes from the report dict, so `--json` and the text always agree.
 """
@@ -43,6 +44,8 @@ def _table(header: list[str], rows: list[list[str]], left: int = 2) -> list[str]
 def _header_lines(report: dict[str, Any]) -> list[str]:
     lay, t, enc = report["layout"], report["teacher"], report["layout"]["encoding"]
     state = "complete" if report["completeness"]["complete"] else "INCOMPLETE"
+    if not report["integrity"]["ok"]:
+        state += ", DAMAGED"
     return [
         (f"cache {report['path']}  (format {report['format_version']}, {state}, "
          f"{report['created_by']})"),
@@ -103,10 +106,34 @@ def _fidelity_lines(report: dict[str, Any]) -> list[str]:
 
 def _completeness_lines(report: dict[str, Any]) -> list[str]:
     comp = report["completeness"]
-    out = [f"Completeness  {comp['shards_done']}/{comp['shards_total']} shards done"]
+    damaged = sum(len(v) for v in comp["damaged_shards"].values())
+    out = [f"Completeness  {comp['shards_done']}/{comp['shards_total']} shards done"
+           + (f", {damaged} of them damaged (see Integrity)" if damaged else "")]
     for name, miss in comp["missing_shards"].items():
         shown = ", ".join(map(str, miss[:20])) + (", ..." if len(miss) > 20 else "")
         out.append(f"  {name}: missing shards {shown}")
+    return out
+
+
+#: damaged objects listed in the text report (all of them are in --json)
+DAMAGE_LINES = 50
+
+
+def _integrity_lines(report: dict[str, Any]) -> list[str]:
+    integ = report["integrity"]
+    what = ("checked: sizes and CRC-32, every object read" if integ["checksums"]
+            else "checked: sizes; --check also reads every object and compares its CRC-32")
+    if not integ["manifest"]:
+        what = "checked: presence only; this cache predates shard manifests"
+    if integ["ok"]:
+        return [f"Integrity  OK: {integ['objects_checked']} shard objects ({what})"]
+    damaged = integ["damaged"]
+    noun = "object" if len(damaged) == 1 else "objects"
+    out = [(f"Integrity  DAMAGED: {len(damaged)} {noun} ({what}); re-run the `ddk "
+            "cache-teacher` command that built this cache to rewrite the damaged shards")]
+    out += [f"  {d['key']}: {d['problem']}" for d in damaged[:DAMAGE_LINES]]
+    if len(damaged) > DAMAGE_LINES:
+        out.append(f"  ... and {len(damaged) - DAMAGE_LINES} more (see --json)")
     return out
 
 
@@ -142,7 +169,7 @@ def _verify_lines(v: dict[str, Any]) -> list[str]:
 def format_report(report: dict[str, Any]) -> str:
     """The report as aligned text sections (storage, fidelity, completeness, layout, verify)."""
     sections = [_header_lines(report), _storage_lines(report), _fidelity_lines(report),
-                _completeness_lines(report), _layout_lines(report)]
+                _integrity_lines(report), _completeness_lines(report), _layout_lines(report)]
     if report.get("verify"):
         sections.append(_verify_lines(report["verify"]))
     return "\n\n".join("\n".join(lines) for lines in sections)

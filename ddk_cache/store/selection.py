@@ -2,33 +2,35 @@
 
 Shared by the report (report.py measures the top-k mass on a sample) and by --verify
 (verify.py re-runs the teacher on a sample of validation sequences), so both count and
-pick sequences the same way. Only finished shards count: the arrays of an unfinished
-shard may hold fill values.
+pick sequences the same way. Only finished, undamaged shards count: the arrays of an
+unfinished shard may hold fill values, those of a damaged one anything.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import numpy as np
-import zarr
+from ddk.cache.store.integrity import done_flags
 from ddk.cache.store.layout import num_shards
 from ddk.cache.store.reader import CacheReader
 
 
-def finished_sequences(reader: CacheReader, domain: str, split: str
-                       ) -> tuple[np.ndarray, list[int], int]:
+def finished_sequences(reader: CacheReader, domain: str, split: str,
+                       damaged: Collection[int] = ()) -> tuple[np.ndarray, list[int], int]:
     """(indices of sequences in finished shards, missing shard indices, number of shards).
 
-    A split whose shard_done flags are absent counts every shard as missing.
+    A split whose shard_done flags are absent counts every shard as missing. Shards in
+    `damaged` (integrity.py found a damaged object) hold no usable sequence.
     """
     n = reader.num_sequences(domain, split)
     per_shard = int(reader.meta["sequences_per_shard"])
-    try:
-        flags = np.asarray(reader.array(domain, split, "shard_done")[:])
-    except KeyError:
+    flags = done_flags(reader.group, domain, split)
+    if flags is None:
         flags = np.zeros(num_shards(n, per_shard), dtype=np.uint8)
     missing = [int(i) for i in np.flatnonzero(flags == 0)]
     done = [np.arange(s * per_shard, min(n, (s + 1) * per_shard))
-            for s in np.flatnonzero(flags != 0)]
+            for s in np.flatnonzero(flags != 0) if int(s) not in damaged]
     idx = np.concatenate(done) if done else np.empty(0, dtype=np.int64)
     return idx.astype(np.int64), missing, int(flags.size)
 
@@ -41,7 +43,3 @@ def spread(indices: np.ndarray, count: int) -> np.ndarray:
         return indices[:0]
     return indices[np.rint(np.linspace(0, indices.size - 1, count)).astype(np.int64)]
 
-
-def read_rows(arr: zarr.Array, indices: np.ndarray) -> np.ndarray:
-    """Rows `indices` (sorted, distinct) of a zarr array, reading only their chunks."""
-    return np.asarray(arr.get_orthogonal_selection((indices,) + (slice(None),) * (arr.ndim - 1)))

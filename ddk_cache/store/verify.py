@@ -15,6 +15,7 @@ the errors then measure a different model rather than the cache.
 from __future__ import annotations
 
 import time
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,8 @@ import torch
 from ddk.cache.errors import IncompleteCacheError, TeacherError
 from ddk.cache.store.encoding import NEG_INF_CODE, dequantize_logprobs
 from ddk.cache.store.layout import split_arrays
-from ddk.cache.store.reader import CacheReader
-from ddk.cache.store.selection import finished_sequences, read_rows, spread
+from ddk.cache.store.reader import CacheReader, read_rows
+from ddk.cache.store.selection import finished_sequences, spread
 from ddk.cache.teacher.identity import teacher_identity
 from ddk.cache.teacher.topk import scores_from_logits
 from tqdm.auto import tqdm
@@ -36,10 +37,14 @@ TIE_TOLERANCE = 1e-3
 _VERIFY_BLOCK = 128
 
 
-def pick_verify_sequences(reader: CacheReader, n: int) -> list[tuple[str, int]]:
+def pick_verify_sequences(reader: CacheReader, n: int,
+                          damaged: Mapping[tuple[str, str], Collection[int]] | None = None
+                          ) -> list[tuple[str, int]]:
     """n finished validation sequences spread over the domains: round-robin over domains,
-    evenly spaced within each (deterministic)."""
-    done = {d: finished_sequences(reader, d, "validation")[0] for d in reader.domains}
+    evenly spaced within each (deterministic); shards in `damaged` are left out."""
+    damaged = damaged or {}
+    done = {d: finished_sequences(reader, d, "validation", damaged.get((d, "validation"), ()))[0]
+            for d in reader.domains}
     counts = dict.fromkeys(done, 0)
     remaining = n
     while remaining > 0:
@@ -171,8 +176,9 @@ def _error_summary(parts: list[dict[str, np.ndarray]], step: float) -> dict[str,
 
 
 def verify_cache(reader: CacheReader, n: int, *, teacher: str | None = None,
-                 progress: bool = False, device: str = "auto",
-                 dtype: str = "fp32") -> dict[str, Any]:
+                 progress: bool = False, device: str = "auto", dtype: str = "fp32",
+                 damaged: Mapping[tuple[str, str], Collection[int]] | None = None
+                 ) -> dict[str, Any]:
     """Re-run the teacher (transformers backend) on n stored validation sequences and
     measure how far the stored values are from the exact ones.
 
@@ -180,19 +186,19 @@ def verify_cache(reader: CacheReader, n: int, *, teacher: str | None = None,
     the same ids), top-k id agreement (exact, and ignoring near-ties within
     TIE_TOLERANCE nats), max abs error of the tail log-mass, KL(exact || stored) over the
     top-k + tail buckets per position, and the teacher-loss difference. Quantisation alone
-    bounds the log-prob and tail errors by step / 2.
+    bounds the log-prob and tail errors by step / 2. Shards in `damaged` are not used.
     """
     # imported here so that a report without --verify never loads transformers
     from ddk.cache.teacher.transformers_backend import TransformersTeacher
 
-    picks = pick_verify_sequences(reader, n)
+    picks = pick_verify_sequences(reader, n, damaged)
     if not picks:
         raise IncompleteCacheError(f"cannot verify {reader.path}: no validation shard is "
                                    "finished yet; re-run `ddk cache-teacher` to fill it")
     path = _resolve_verify_teacher(reader, teacher)
     warnings = _identity_warnings(reader, path)
     t0 = time.perf_counter()
-    model = TransformersTeacher(path, dtype=dtype, device=device)
+    model = TransformersTeacher(path, dtype=dtype, device=device, progress=progress)
     if model.vocab_size < reader.vocab_size:
         raise TeacherError(f"teacher at {path} has {model.vocab_size} output rows but the "
                            f"cache holds ids up to {reader.vocab_size}; pass --teacher with "

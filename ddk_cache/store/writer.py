@@ -1,8 +1,9 @@
 """Creating or resuming a cache store and writing whole shards into it (the write side).
 
-A shard is written whole, then its flag: a flag is never set for a partial shard, so a
-killed job redoes at most the shards it was writing, and several workers can fill disjoint
-shards of one store at once. The layout itself is described in layout.py.
+A shard is written whole, then its manifest row, then its flag: a flag is never set for a
+partial shard, so a killed job redoes at most the shards it was writing, and several
+workers can fill disjoint shards of one store at once. A damaged shard is repaired by
+clearing its flag and writing it again. The layout itself is described in layout.py.
 """
 
 from __future__ import annotations
@@ -14,17 +15,26 @@ import numpy as np
 import zarr
 from ddk.cache.errors import StoreError, StoreMismatchError
 from ddk.cache.store.encoding import Encoding, codec_pipeline, quantize_logprobs
+from ddk.cache.store.integrity import (
+    MANIFEST_ARRAY,
+    manifest_shape,
+    missing_shards,
+    record_shard,
+    shard_key,
+)
 from ddk.cache.store.layout import (
     META_KEY,
     SPLITS,
-    check_writable,
+    check_output,
     diff_keys,
     job_key,
-    missing_shards,
     num_shards,
+    split_arrays,
     zarr_target,
 )
 from ddk.cache.teacher.backend import TeacherScores
+from zarr.codecs import Crc32cCodec
+from zarr.core.sync import sync
 from zarr.errors import ContainsArrayError, ContainsGroupError
 
 
@@ -37,17 +47,34 @@ class CacheWriter:
         self.encoding = Encoding.from_json(meta["encoding"])
         self.sequences_per_shard = int(meta["sequences_per_shard"])
 
+    @staticmethod
+    def existing(path: str, meta: dict[str, Any], *, overwrite: bool = False
+                 ) -> zarr.Group | None:
+        """The ddk cache at `path`, read-only, if writing `meta` there would resume it.
+
+        None when the job would create the store (nothing there) or replace it
+        (`overwrite`). Raises StoreError for a location that must not be written (see
+        layout.check_output) and StoreMismatchError for a cache built with different
+        parameters without `overwrite`. Creates and deletes nothing.
+        """
+        state = check_output(path, overwrite=overwrite)
+        if state.kind != "ddk" or overwrite:
+            return None
+        _check_same_job(path, state.meta or {}, meta)
+        return zarr.open_group(zarr_target(path), mode="r")
+
     @classmethod
     def open(cls, path: str, meta: dict[str, Any], *, overwrite: bool = False) -> CacheWriter:
         """Open `path` for writing the cache described by `meta`.
 
         A new store gets its layout; an existing one must have been created with the same
         parameters (teacher, k, seq_len, tokenizer, sources, encoding, split), else
-        StoreMismatchError, unless `overwrite` wipes it first.
+        StoreMismatchError, unless `overwrite` replaces it (only ever a ddk cache that
+        holds nothing else; see layout.check_output).
         """
-        check_writable(path)
+        state = check_output(path, overwrite=overwrite)
         try:
-            group = _open_for_writing(path, overwrite)
+            group = _open_for_writing(path, overwrite and state.kind == "ddk")
         except (OSError, ValueError) as e:
             raise StoreError(f"cannot open {path} for writing: {e}") from e
         existing = group.attrs.get(META_KEY)
@@ -58,15 +85,10 @@ class CacheWriter:
         if existing is None:
             if len(list(group.keys())) > 0:
                 raise StoreError(f"{path} holds a Zarr store that is not a ddk cache; "
-                                 "choose another --output or pass --overwrite to replace it")
+                                 "ddk will not write into it: choose another --output")
             group.attrs[META_KEY] = {**meta, "complete": False}
         else:
-            diff = diff_keys(job_key(existing), job_key(meta))
-            if diff:
-                raise StoreMismatchError(
-                    f"{path} holds a cache built with different parameters "
-                    f"({', '.join(diff[:6])}{'...' if len(diff) > 6 else ''}); "
-                    "pass --overwrite to rebuild it, or choose another --output")
+            _check_same_job(path, existing, meta)
             meta = {**meta, "complete": bool(existing.get("complete", False))}
         writer = cls(group, meta)
         writer._create_layout()
@@ -97,10 +119,15 @@ class CacheWriter:
                     shard = (max(1, min(S, n)),) + shape[1:]
                     _create_array(g, name, shape=shape, dtype=dtype, chunks=chunk, shards=shard,
                                   **codec_pipeline(self.encoding.codec_profile, name, dtype))
-                if "shard_done" not in g:
-                    _create_array(g, "shard_done", shape=(num_shards(n, S),), dtype="uint8",
-                                  chunks=(1,), shards=None, filters=[], compressors=[],
-                                  fill_value=0)
+                manifest = manifest_shape(split, num_shards(n, S))
+                for name, shape, chunk, dtype, compressors in (
+                        (MANIFEST_ARRAY, manifest, (1,) + manifest[1:], "uint64",
+                         [Crc32cCodec()]),
+                        ("shard_done", manifest[:1], (1,), "uint8", [])):
+                    if name not in g:
+                        _create_array(g, name, shape=shape, dtype=dtype, chunks=chunk,
+                                      shards=None, filters=[], compressors=compressors,
+                                      fill_value=0)
 
     # -- shards -------------------------------------------------------------------------
     def num_shards(self, domain: str, split: str) -> int:
@@ -112,17 +139,31 @@ class CacheWriter:
         start = shard * self.sequences_per_shard
         return start, min(n, start + self.sequences_per_shard)
 
-    def done_flags(self, domain: str, split: str) -> np.ndarray:
-        return np.asarray(self.group[f"{domain}/{split}/shard_done"][:])
+    def mark_incomplete(self) -> None:
+        """Record that the store is not complete (before damaged shards are rewritten)."""
+        if self.meta.get("complete"):
+            self.meta = {**self.meta, "complete": False}
+            self.group.attrs[META_KEY] = self.meta
+
+    def clear_shard(self, domain: str, split: str, shard: int) -> None:
+        """Mark a damaged shard not done (flag first, then its manifest row), so that it
+        is written again and a kill before that leaves it counted as unfinished."""
+        g = self.group[f"{domain}/{split}"]
+        g["shard_done"][shard] = 0
+        g[MANIFEST_ARRAY][shard] = 0
 
     def write_shard(self, domain: str, split: str, shard: int, input_ids: np.ndarray,
                     scores: TeacherScores) -> None:
-        """Write every array of one shard, then mark it done (the flag is written last)."""
+        """Write every array of one shard, then its manifest row, then its done flag."""
         start, stop = self.shard_range(domain, split, shard)
         if input_ids.shape[0] != stop - start:
             raise ValueError(f"shard {shard} of {domain}/{split} holds {stop - start} "
                              f"sequences, got {input_ids.shape[0]}")
         g = self.group[f"{domain}/{split}"]
+        # what an earlier, killed or damaged write left of this shard goes first: zarr
+        # merges a shard write with the existing object, and a torn one cannot be read
+        for name in split_arrays(split):
+            sync(self.group.store.delete(shard_key(g[name], shard)))
         step = self.encoding.logprob_step
         ids = self.encoding.id_dtype
         g["input_ids"][start:stop] = input_ids.astype(ids)
@@ -131,6 +172,7 @@ class CacheWriter:
         g["tail_logmass"][start:stop] = quantize_logprobs(scores.tail_logmass, step)
         if split == "validation":
             g["target_logprob"][start:stop] = scores.target_logprob.astype(np.float32)
+        record_shard(self.group, domain, split, shard)
         g["shard_done"][shard] = 1
 
     def missing_shards(self) -> dict[tuple[str, str], list[int]]:
@@ -153,6 +195,16 @@ class CacheWriter:
         self.meta = {**self.meta, "complete": True}
         self.group.attrs[META_KEY] = self.meta
         return True
+
+
+def _check_same_job(path: str, existing: dict[str, Any], meta: dict[str, Any]) -> None:
+    """StoreMismatchError unless the cache at `path` was built with `meta`'s parameters."""
+    diff = diff_keys(job_key(existing), job_key(meta))
+    if diff:
+        raise StoreMismatchError(
+            f"{path} holds a cache built with different parameters "
+            f"({', '.join(diff[:6])}{'...' if len(diff) > 6 else ''}); "
+            "pass --overwrite to rebuild it, or choose another --output")
 
 
 def _open_for_writing(path: str, overwrite: bool) -> zarr.Group:

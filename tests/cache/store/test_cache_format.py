@@ -10,6 +10,7 @@ from __future__ import annotations
 import builtins
 import json
 import re
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,10 @@ def test_store_layout_is_as_specified(tmp_path, small_corpus, tiny_teacher_dir):
     root = zarr.open_group(str(path), mode="r")
     meta = root.attrs["ddk"]
     assert meta["format_version"] == 1 and meta["complete"] is True
+    assert meta["shard_manifest"] == {"array": "shard_manifest",
+                                      "columns": ["written", "bytes", "crc32"],
+                                      "checksum": "CRC-32 (zlib.crc32) of the stored object's "
+                                                  "bytes"}
     L, k, S = meta["seq_len"], meta["k"], meta["sequences_per_shard"]
     ids = meta["encoding"]["id_dtype"]
     for domain, info in meta["domains"].items():
@@ -114,7 +119,7 @@ def test_store_layout_is_as_specified(tmp_path, small_corpus, tiny_teacher_dir):
             if split == "validation":
                 expected["target_logprob"] = ((n, L - 1), "float32")
             names = {name for name, _ in g.arrays()}
-            assert names == set(expected) | {"shard_done"}
+            assert names == set(expected) | {"shard_done", "shard_manifest"}
             for name, (shape, dtype) in expected.items():
                 a = g[name]
                 assert (a.shape, str(a.dtype)) == (shape, dtype), name
@@ -127,6 +132,16 @@ def test_store_layout_is_as_specified(tmp_path, small_corpus, tiny_teacher_dir):
             assert str(flags.dtype) == "uint8" and flags.shape == (-(-n // S),)
             assert flags.chunks == (1,) and flags.shards is None
             assert np.all(flags[:] == 1)
+            manifest = g["shard_manifest"]
+            assert str(manifest.dtype) == "uint64" and manifest.shards is None
+            assert manifest.shape == (flags.shape[0], len(expected), 3)
+            assert manifest.chunks == (1, len(expected), 3)
+            for shard in range(flags.shape[0]):  # written, bytes, CRC-32 of each object
+                for i, name in enumerate(expected):  # in layout order
+                    key = f"{domain}/{split}/{name}/c/{shard}/0" + ("/0" if g[name].ndim == 3
+                                                                   else "")
+                    data = (path / key).read_bytes()
+                    assert list(manifest[shard, i]) == [1, len(data), zlib.crc32(data)], key
         val = root[f"{domain}/validation"]
         teacher = val.attrs["teacher"]
         target = val["target_logprob"][:].astype(np.float64)

@@ -42,7 +42,9 @@ def test_report_storage_fidelity_layout(tmp_path, small_corpus, tiny_teacher_dir
     report = inspect_cache(path)
     assert json.loads(json.dumps(report)) == report  # JSON-able as is
     reader = CacheReader.open(path)
+    assert report["integrity"]["ok"] and not report["integrity"]["damaged"]
     assert report["completeness"] == {"complete": True, "missing_shards": {},
+                                      "damaged_shards": {},
                                       "shards_total": report["completeness"]["shards_total"],
                                       "shards_done": report["completeness"]["shards_total"]}
     assert set(report["domains"]) == set(small_corpus)

@@ -74,17 +74,17 @@ def _break_cache(src: Path, dst: Path, how: str) -> Path:
     return dst
 
 
-@pytest.mark.parametrize("how,match", [
-    ("incomplete", "incomplete"),
-    ("no-teacher-loss", "teacher validation loss"),
-    ("missing-domain", "prose"),
+@pytest.mark.parametrize("how,error,match", [
+    ("incomplete", "IncompleteCacheError", "incomplete"),
+    ("no-teacher-loss", "IncompleteCacheError", "teacher validation loss"),
+    ("missing-domain", "DamagedCacheError", "prose/zarr.json: the whole domain is missing"),
 ])
-def test_broken_caches_raise_incomplete_cache_error(train_cache, tmp_path, how, match):
-    from ddk.cache.errors import IncompleteCacheError
+def test_broken_caches_raise_a_named_error(train_cache, tmp_path, how, error, match):
+    from ddk.cache import errors
     from ddk.cache.train.training_cache import open_cache
 
     broken = _break_cache(train_cache, tmp_path / "broken", how)
-    with pytest.raises(IncompleteCacheError, match=match):
+    with pytest.raises(getattr(errors, error), match=match):
         open_cache(broken)
 
 
