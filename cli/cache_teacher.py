@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import operator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +16,15 @@ from ddk.cache.cache_job.config import (
     DEMO_TRAIN_SEQUENCES,
     DEMO_VAL_SEQUENCES,
     CacheJobConfig,
+    describe,
+    field_problem,
+    is_int,
 )
 from ddk.cache.corpus.sources import DomainSpec, parse_domain_arg
-from ddk.cache.errors import DDKError
+from ddk.cache.errors import ConfigError, DDKError
 from ddk.cache.store.encoding import CODEC_PROFILES
 from ddk.cache.teacher.loading import TEACHER_DTYPES
-from ddk.cli.options import Target, field_values
+from ddk.cli.options import Target, field_values, target
 
 #: vLLM engine arguments: the ones given go into CacheJobConfig.engine_options
 ENGINE_OPTIONS = ("tensor_parallel_size", "gpu_memory_utilization", "max_model_len",
@@ -39,20 +43,76 @@ OPTION_FIELDS: dict[str, Target] = {
 }
 
 
+def _file_options(ctx: click.Context) -> dict[str, click.Option]:
+    """The options a config file can set, by parameter name: those whose name is their long
+    flag's (`seq_len` for --seq-len), so `json` (--json is `as_json`), `domain` and `config`
+    are not keys; one-value options only."""
+    out = {}
+    for param in ctx.command.params:
+        longs = {o[2:].replace("-", "_") for o in getattr(param, "opts", ()) if o[:2] == "--"}
+        if isinstance(param, click.Option) and param.name in longs and not param.multiple:
+            out[param.name] = param
+    return out
+
+
+def _expected(param: click.Option) -> tuple[Callable[[Any], bool], str]:
+    """(accepts, what) for a config-file value of `param`, strictly by its click type: a
+    file value is typed already, so "64" is no integer and "false" no boolean."""
+    kind = param.type
+    if param.is_flag:
+        return (lambda v: isinstance(v, bool)), "true or false (a boolean, unquoted)"
+    if isinstance(kind, click.types.IntParamType):  # IntRange too
+        return is_int, "an integer"
+    if isinstance(kind, click.types.FloatParamType):  # FloatRange too
+        return (lambda v: is_int(v) or isinstance(v, float)), "a number"
+    if isinstance(kind, click.Choice):
+        choices = [str(c) for c in kind.choices]
+        return (lambda v: isinstance(v, str) and v in choices), f"one of {', '.join(choices)}"
+    return (lambda v: isinstance(v, str)), "a string"  # STRING, and any other type's text
+
+
+def _file_value(ctx: click.Context, param: click.Option, key: str, value: Any,
+                where: str) -> Any:
+    """A config-file value as the command would have it from its flag; else a ConfigError
+    naming the key (as written) and the file. Checks the type, click's range types, and
+    the range of the CacheJobConfig field the option fills."""
+    accepts, what = _expected(param)
+    if not accepts(value):
+        raise ConfigError(f"{where}: {key!r} must be {what}, got {describe(value)}")
+    try:
+        value = param.type.convert(value, param, ctx)  # IntRange/FloatRange; int -> float
+    except click.BadParameter as e:
+        raise ConfigError(f"{where}: {key!r}: {e.message}") from None
+    field, convert = target(OPTION_FIELDS, param.name)
+    problem = None if field is None else field_problem(field, convert(value))
+    if problem is not None:
+        raise ConfigError(f"{where}: {key!r} {problem}")
+    return value
+
+
 def merged_options(ctx: click.Context, config_path: Path | None, **given: Any) -> dict[str, Any]:
-    """Command-line values win over the config file, which wins over click's defaults."""
+    """Command-line values win over the config file, which wins over click's defaults.
+
+    Every file value is checked first (type and range, see _file_value), whether or not a
+    flag overrides it: a ConfigError before anything is loaded or created.
+    """
     if config_path is None:
         return given
     from ddk.cache.cache_job.config_file import load_config, normalize_keys
 
-    file_cfg = normalize_keys(load_config(config_path))
+    raw = load_config(config_path)
+    file_cfg = normalize_keys(raw)
+    written = {key.replace("-", "_"): key for key in raw}  # normalize_keys: str keys only
+    options = _file_options(ctx)
     out = dict(given)
     for name, value in file_cfg.items():
         if name == "domains":
             continue
-        if name not in given:
+        if name not in options:
             raise DDKError(f"{config_path}: unknown option {name!r}; see "
                            f"`ddk {ctx.info_name} --help` for the option names")
+        value = _file_value(ctx, options[name], written[name], value,
+                            f"config file {config_path}")
         if ctx.get_parameter_source(name) != ParameterSource.COMMANDLINE:
             out[name] = value
     return out

@@ -6,14 +6,15 @@ without slowing `ddk --help`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ddk.cache.corpus.demo_corpus import demo_domain_specs
 from ddk.cache.corpus.sources import DomainSpec, validate_domains
 from ddk.cache.errors import ConfigError
 from ddk.cache.store.encoding import CODEC_PROFILES, DEFAULT_CODEC_PROFILE, DEFAULT_LOGPROB_STEP
-from ddk.cache.teacher.loading import BACKENDS  # also the CLI's --backend choices
+from ddk.cache.teacher.loading import BACKENDS, TEACHER_DTYPES  # the CLI's choices too
 
 #: budget used when no domains are given (the bundled demo corpus): a few CPU minutes.
 DEMO_TRAIN_SEQUENCES = 24
@@ -66,23 +67,116 @@ def apply_defaults(cfg: CacheJobConfig) -> CacheJobConfig:
     return cfg
 
 
+#: integer fields -> (least value or None, what follows the range error); max_train_sequences
+#: may also be None
+_INT_FIELDS: dict[str, tuple[int | None, str]] = {
+    "k": (1, ""),
+    "seq_len": (2, ""),
+    "val_sequences": (1, ("; DDK needs validation sequences in every domain (it weights "
+                          "domains by the student-teacher loss gap measured on them)")),
+    "max_train_sequences": (1, " (or None: no cap)"),
+    "batch_size": (1, ""),
+    "sequences_per_shard": (1, ""),
+    "num_workers": (1, ""),
+    "worker_index": (0, ""),
+    "seed": (None, ""),
+}
+_CHOICE_FIELDS = {"backend": BACKENDS, "dtype": TEACHER_DTYPES, "codec_profile": CODEC_PROFILES}
+_STRING_FIELDS = ("output", "device")  # non-empty; device existence is checked on loading
+_BOOL_FIELDS = ("overwrite", "progress")
+#: fields without a CLI option of their name: named as fields, the others as --options
+_API_ONLY = ("domains", "progress", "engine_options")
+_MAX_LOGPROB_STEP = 0.02
+
+_TYPE_NAMES = {bool: "boolean", int: "integer", float: "float", str: "string", list: "list",
+               tuple: "tuple", dict: "mapping"}
+
+
+def describe(value: Any) -> str:
+    """A value and its type as a config file writes them: `8.5 (float)`, `'64' (string)`."""
+    if value is None:
+        return "null"
+    shown = ("true" if value else "false") if isinstance(value, bool) else repr(value)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return f"{shown} ({_TYPE_NAMES.get(type(value), type(value).__name__)})"
+
+
+def is_int(value: Any) -> bool:
+    """An int that is not a bool (True is an int in Python, not in a config)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int_problem(name: str, value: Any) -> str | None:
+    least, why = _INT_FIELDS[name]
+    if value is None and name == "max_train_sequences":
+        return None
+    if not is_int(value):
+        return f"must be an integer, got {describe(value)}"
+    if least is not None and value < least:
+        return f"must be >= {least}, got {value}{why}"
+    return None
+
+
+def field_problem(name: str, value: Any) -> str | None:
+    """What is wrong with `value` for CacheJobConfig field `name` on its own, or None.
+
+    A phrase to follow the field's name (``must be an integer, got 8.5 (float)``), shared by
+    `validate` and the CLI's config-file check. Checks types strictly (no bool for an int,
+    no string for a number or a bool) and ranges; cross-field checks are in `validate`.
+    """
+    if name in _INT_FIELDS:
+        return _int_problem(name, value)
+    if name in _CHOICE_FIELDS:
+        choices = _CHOICE_FIELDS[name]
+        if not isinstance(value, str) or value not in choices:
+            return f"must be one of {', '.join(choices)}, got {describe(value)}"
+    elif name in _STRING_FIELDS:
+        if not isinstance(value, str) or not value:
+            return f"must be a non-empty string, got {describe(value)}"
+    elif name in _BOOL_FIELDS:
+        if not isinstance(value, bool):
+            return f"must be true or false (a boolean), got {describe(value)}"
+    elif name == "teacher":
+        if value is not None and (not isinstance(value, str | os.PathLike) or not str(value)):
+            return (f"must be a model directory path (None: the default teacher), "
+                    f"got {describe(value)}")
+    elif name == "logprob_step":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return f"must be a number, got {describe(value)}"
+        if not 0 < value <= _MAX_LOGPROB_STEP:  # also refuses NaN
+            return (f"must be in (0, {_MAX_LOGPROB_STEP}] nats (max error = step / 2), "
+                    f"got {value}")
+    elif name == "engine_options":
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            return f"must be a dict of vLLM engine arguments by name, got {describe(value)}"
+    elif name == "domains":
+        if not isinstance(value, list) or not all(isinstance(d, DomainSpec) for d in value):
+            return f"must be a list of DomainSpec, got {describe(value)}"
+        for spec in value:
+            if not isinstance(spec.source, str) or not spec.source:
+                return f"{spec.name!r}: source must be a non-empty string, got " \
+                       f"{describe(spec.source)}"
+            if not isinstance(spec.text_field, str):
+                return f"{spec.name!r}: text_field must be a string, got " \
+                       f"{describe(spec.text_field)}"
+    return None
+
+
+def option_name(field_name: str) -> str:
+    """How messages name a field: its CLI option (`--seq-len`), or the field for API-only ones."""
+    return field_name if field_name in _API_ONLY else "--" + field_name.replace("_", "-")
+
+
 def validate(cfg: CacheJobConfig) -> None:
-    """ConfigError (CorpusError for the domains) for any field out of range, before any work."""
-    if cfg.backend not in BACKENDS:
-        raise ConfigError(f"unknown backend {cfg.backend!r}; use one of {', '.join(BACKENDS)}")
-    if cfg.k < 1:
-        raise ConfigError(f"--k must be >= 1, got {cfg.k}")
-    if cfg.seq_len is None or cfg.seq_len < 2:
-        raise ConfigError(f"--seq-len must be >= 2, got {cfg.seq_len}")
-    for name in ("batch_size", "sequences_per_shard", "num_workers"):
-        if getattr(cfg, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
-    if not 0 <= cfg.worker_index < cfg.num_workers:
+    """ConfigError (CorpusError for the domains) for any field of the wrong type or out of
+    range, before any work. Takes the config after `apply_defaults` (seq_len and
+    val_sequences set); fast and torch-free."""
+    for f in fields(cfg):
+        problem = field_problem(f.name, getattr(cfg, f.name))
+        if problem is not None:
+            raise ConfigError(f"{option_name(f.name)} {problem}")
+    if cfg.worker_index >= cfg.num_workers:
         raise ConfigError(f"--worker-index must be in [0, {cfg.num_workers - 1}], "
                           f"got {cfg.worker_index}")
-    if cfg.codec_profile not in CODEC_PROFILES:
-        raise ConfigError(f"unknown codec profile {cfg.codec_profile!r}; use one of "
-                          f"{', '.join(CODEC_PROFILES)}")
-    if not 0 < cfg.logprob_step <= 0.02:
-        raise ConfigError("--logprob-step must be in (0, 0.02] nats (max error = step / 2)")
     validate_domains(cfg.domains)

@@ -22,8 +22,9 @@ YAML::
       code: data/code/
       prose: {path: "data/prose/*.jsonl.gz", text_field: content}
 
-This module only parses and normalises; the CLI validates options and merges them with its
-flags (flags win).
+This module only parses and normalises; values keep the types the file gives them (TOML
+``"false"`` stays a string, ``8.5`` a float). The CLI checks each value against its option's
+type and range, then merges them with its flags (flags win).
 """
 
 from __future__ import annotations

@@ -208,7 +208,18 @@ def _relative(path: Path, root: Path) -> str:
         return path.as_posix()
 
 
-def _decode(data: bytes, where: str) -> str:
+def _binary(where: str, remove: str = "it from the domain") -> CorpusError:
+    """The error for text holding NUL: no text has them, binary files (and UTF-16) do."""
+    return CorpusError(
+        f"{where} contains NUL bytes: it looks binary (or UTF-16), not UTF-8 text; "
+        f"remove {remove} or point the domain elsewhere"
+    )
+
+
+def _decode(data: bytes, where: str, remove: str = "it from the domain") -> str:
+    """`data` as UTF-8 text; CorpusError naming `where` if it holds NUL bytes or is not UTF-8."""
+    if b"\0" in data:  # valid UTF-8 (a file of zeros decodes), but not text
+        raise _binary(where, remove)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -235,7 +246,7 @@ def _read_jsonl(path: Path, text_field: str) -> Iterator[str]:
         with opener(path, "rb") as f:
             for lineno, raw in enumerate(f, start=1):
                 where = f"{path}:{lineno}"
-                line = _decode(raw, where)
+                line = _decode(raw, where, "the line")
                 if lineno == 1 and line.startswith("\ufeff"):
                     line = line[1:]
                 if not line.strip():
@@ -262,6 +273,8 @@ def _read_jsonl(path: Path, text_field: str) -> Iterator[str]:
                     raise CorpusError(
                         f"{where}: field {text_field!r} is {type(value).__name__}, not a string"
                     )
+                if "\0" in value:  # written escaped, as \u0000
+                    raise _binary(f"{where}: field {text_field!r} (\\u0000)", "the line")
                 yield value
     except OSError as e:  # unreadable file, or a corrupt/truncated gzip stream
         raise CorpusError(f"cannot read {path}: {e.strerror or e}") from None
@@ -324,6 +337,8 @@ def _read_parquet(path: Path, text_field: str) -> Iterator[str]:
                         f"{path}: row {row} of column {text_field!r} is null; "
                         "drop or fill null rows"
                     )
+                if "\0" in value:
+                    raise _binary(f"{path}: row {row} of column {text_field!r}", "the row")
                 row += 1
                 yield value
     except OSError as e:
@@ -338,8 +353,9 @@ def iter_documents(spec: DomainSpec) -> Iterator[str]:
     Files come in resolve_files order; within a file: .txt/.md is one document,
     .jsonl(.gz) one per line (blank lines skipped), .parquet one per row. Documents that
     are empty or whitespace-only are skipped. Raises CorpusError naming the file for a
-    non-UTF-8 or unreadable file, and file:line for a JSONL line that is not a JSON
-    object or lacks (or has a non-string) text_field.
+    non-UTF-8, binary (NUL bytes) or unreadable file, file:line for a JSONL line that is
+    not a JSON object or lacks (or has a non-string) text_field, and file:line or
+    file:row for a text value holding NUL characters.
     """
     for path in resolve_files(spec):
         fmt = _format_of(path)

@@ -189,3 +189,14 @@ def test_missing_and_non_utf8_config(tmp_path):
 def test_bad_domain_entries(domains, error, message):
     with pytest.raises(error, match=message):
         domains_from_config({"domains": domains})
+
+
+@pytest.mark.parametrize("name, text", [
+    ("t.toml", 'overwrite = "false"\nk = 8.5\nseq-len = "64"\nbatch_size = [8]\nquiet = true\n'),
+    ("t.yaml", "overwrite: 'false'\nk: 8.5\nseq-len: '64'\nbatch_size: [8]\nquiet: yes\n"),
+])
+def test_values_keep_the_types_the_file_gives_them(tmp_path, name, text):
+    """No conversion here: the CLI checks each value's type against its option (a quoted
+    "false" is a string, which it refuses, not a false flag)."""
+    assert normalize_keys(load_config(write(tmp_path, name, text))) == {
+        "overwrite": "false", "k": 8.5, "seq_len": "64", "batch_size": [8], "quiet": True}

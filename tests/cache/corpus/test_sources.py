@@ -192,6 +192,46 @@ def test_non_utf8_jsonl_line_is_named(tmp_path):
         list(iter_documents(DomainSpec("d", str(path))))
 
 
+BINARY = "contains NUL bytes: it looks binary \\(or UTF-16\\), not UTF-8 text; remove "
+
+
+@pytest.mark.parametrize("name, data", [
+    ("zeros.txt", b"\0" * 4096),  # valid UTF-8, but no text
+    ("image.md", b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR"),
+    ("utf16.txt", "hello".encode("utf-16")),
+])
+def test_text_file_with_nul_bytes_is_refused_as_binary(tmp_path, name, data):
+    (tmp_path / "good.txt").write_text("fine")
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(CorpusError) as e:
+        list(iter_documents(DomainSpec("d", str(tmp_path))))
+    assert str(e.value) == (f"{tmp_path / name} contains NUL bytes: it looks binary (or "
+                            "UTF-16), not UTF-8 text; remove it from the domain or point the "
+                            "domain elsewhere")
+
+
+def test_jsonl_with_nul_is_refused_as_binary(tmp_path):
+    escaped = tmp_path / "escaped.jsonl"  # a text value holding \u0000
+    write_jsonl(escaped, [{"text": "fine"}, {"text": "bin\0ary"}])
+    with pytest.raises(CorpusError, match=r"escaped\.jsonl:2: field 'text' \(\\u0000\) "
+                                          + BINARY + "the line or point the domain elsewhere"):
+        list(iter_documents(DomainSpec("d", str(escaped))))
+    raw = tmp_path / "raw.jsonl.gz"  # a NUL byte in the line itself
+    raw.write_bytes(gzip.compress(b'{"text": "a"}\n\0\0\0\0\n'))
+    with pytest.raises(CorpusError, match=r"raw\.jsonl\.gz:2 " + BINARY + "the line"):
+        list(iter_documents(DomainSpec("d", str(raw))))
+    # other fields may hold anything: only the text is checked
+    other = write_jsonl(tmp_path / "other.jsonl", [{"text": "ok", "meta": "\0"}])
+    assert list(iter_documents(DomainSpec("d", str(other)))) == ["ok"]
+
+
+def test_parquet_row_with_nul_is_refused_as_binary(tmp_path):
+    write_parquet(tmp_path / "p.parquet", {"text": ["a", "b", "c\0d"]})
+    with pytest.raises(CorpusError, match=r"p\.parquet: row 2 of column 'text' " + BINARY
+                                          + "the row"):
+        list(iter_documents(DomainSpec("d", str(tmp_path / "p.parquet"))))
+
+
 def test_unreadable_file_is_named(tmp_path, monkeypatch):
     path = tmp_path / "locked.txt"
     path.write_text("secret")
