@@ -192,7 +192,8 @@ def cache_teacher(ctx: click.Context, config_path: Path | None, **opts: Any) -> 
                          **field_values(opts, OPTION_FIELDS))
     result = run_cache_job(cfg)
     summary = {"output": result.output, "complete": result.complete,
-               "shards_written": result.shards_written, "tokens_scored": result.tokens_scored,
+               "shards_written": result.shards_written, "shards_repaired": result.repaired,
+               "tokens_scored": result.tokens_scored,
                "seconds": round(result.seconds, 2),
                "tokens_per_second": round(result.tokens_per_second, 1)}
     if opts["as_json"]:
@@ -203,6 +204,8 @@ def cache_teacher(ctx: click.Context, config_path: Path | None, **opts: Any) -> 
                    f"store {'complete' if result.complete else 'waiting for other workers'})")
     else:
         state = "complete" if result.complete else "this worker done; other workers pending"
-        click.echo(f"{result.output}: wrote {result.shards_written} shards, "
+        repairs = (f" ({result.repaired} of them repairs of damaged shards)"
+                   if result.repaired else "")
+        click.echo(f"{result.output}: wrote {result.shards_written} shards{repairs}, "
                    f"{result.tokens_scored} tokens in {result.seconds:.1f}s "
                    f"({result.tokens_per_second:.0f} tok/s); {state}")

@@ -218,3 +218,18 @@ def test_rerun_repairs_many_faults_and_lost_metadata(pristine, tmp_path, tiny_te
     # an intact store: the re-run does no work
     again = run_cache_job(job(cache, corpus, tiny_teacher_dir))
     assert again.shards_written == 0 and again.complete
+
+
+def test_cli_rerun_says_what_it_repaired(pristine, tmp_path, tiny_teacher_dir):
+    cache_dir, corpus = pristine
+    cache = damaged_copy(cache_dir, tmp_path)
+    apply_fault(object_path(cache, "tail_logmass")[1], "truncate")
+    args = ["cache-teacher", "--teacher", str(tiny_teacher_dir), "-o", str(cache), "--k", "8",
+            "--seq-len", "32", "--val-sequences", "4", "--max-train-sequences", "12",
+            "--sequences-per-shard", "4", "--batch-size", "8", "--device", "cpu", "-q"]
+    for name, path in corpus.items():
+        args += ["--domain", f"{name}={path}"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "wrote 1 shards (1 of them repairs of damaged shards)" in result.output
+    assert tree_bytes(cache) == tree_bytes(cache_dir)
