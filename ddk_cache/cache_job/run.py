@@ -4,8 +4,9 @@ The job is restartable: shards already flagged done are skipped, so re-running t
 command after a crash (even SIGKILL) finishes the store, and re-running a finished job
 does no teacher work. A re-run also checks this worker's finished shards against their
 manifests (store/integrity.py) and writes the damaged ones again, so it repairs a store
-into the one an undamaged run would have written. Several workers (`num_workers`, `worker_index`) split the shards
-round-robin and write disjoint objects; whichever finishes last marks the store complete.
+into the one an undamaged run would have written. Several workers (`num_workers`,
+`worker_index`) split the shards round-robin and write disjoint objects; whichever
+finishes last marks the store complete.
 """
 
 from __future__ import annotations
