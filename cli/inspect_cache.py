@@ -55,6 +55,7 @@ def inspect_cache(as_json: bool, **opts: Any) -> None:
     click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
     damaged = report["integrity"]["damaged"]
     if damaged:
+        noun = "object" if len(damaged) == 1 else "objects"
         raise DamagedCacheError(
-            f"cache {opts['path']} is damaged: {len(damaged)} objects (listed above); re-run "
+            f"cache {opts['path']} is damaged: {len(damaged)} {noun} (listed above); re-run "
             "the `ddk cache-teacher` command that built it to rewrite the damaged shards")

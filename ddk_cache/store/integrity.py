@@ -83,17 +83,26 @@ class IntegrityReport:
                 out.setdefault((d.domain, d.split), set()).add(d.shard)
         return {k: sorted(v) for k, v in out.items()}
 
+    def objects(self) -> list[Damage]:
+        """The damage once per object (lost array metadata makes every shard it held
+        damaged, but is one object)."""
+        out: dict[str, Damage] = {}
+        for d in self.damage:
+            out.setdefault(d.key, d)
+        return list(out.values())
+
     def describe(self, limit: int = 3) -> str:
         """The first `limit` damaged objects and how many more, for a one-line error."""
-        shown = "; ".join(map(str, self.damage[:limit]))
-        more = len(self.damage) - limit
+        objects = self.objects()
+        shown = "; ".join(map(str, objects[:limit]))
+        more = len(objects) - limit
         return shown + (f"; and {more} more" if more > 0 else "")
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "checksums": self.checksums, "manifest": self.manifest,
                 "objects_checked": self.objects_checked, "bytes_read": self.bytes_read,
                 "damaged": [{"key": d.key, "problem": d.problem, "domain": d.domain,
-                             "split": d.split, "shard": d.shard} for d in self.damage]}
+                             "split": d.split, "shard": d.shard} for d in self.objects()]}
 
 
 @dataclass(frozen=True)
@@ -230,11 +239,11 @@ class _SplitCheck:
         self.n_shards = num_shards(n, int(meta["sequences_per_shard"]))
         self.complete = bool(meta.get("complete", False))
         self.has_manifest = has_manifest(meta)
-        self.seen: set[str] = set()
+        self.seen: set[tuple[str, int | None]] = set()
 
     def damage(self, shard: int | None, key: str, problem: str) -> None:
-        if key not in self.seen:  # the first problem found of each object
-            self.seen.add(key)
+        if (key, shard) not in self.seen:  # the first problem found of each object
+            self.seen.add((key, shard))
             self.report.damage.append(Damage(self.domain, self.split, shard, key, problem))
 
     def rows(self, name: str) -> np.ndarray | None:
@@ -275,7 +284,7 @@ class _SplitCheck:
         wanted = range(self.n_shards) if shards is None else sorted(shards)
         if flags is None:  # no flags: every shard is unproven
             for s in wanted:
-                self.damage(s, f"{self.prefix}/shard_done", "done flag unreadable")
+                self.damage(s, f"{self.prefix}/shard_done/zarr.json", "array metadata missing")
             return
         arrays = {name: _node(self.group, f"{self.domain}/{self.split}/{name}")
                   for name in split_arrays(self.split)}
@@ -304,7 +313,7 @@ class _SplitCheck:
             return
         for i, (name, arr) in enumerate(arrays.items()):
             if arr is None:
-                self.damage(s, f"{self.prefix}/{name}", "array metadata missing")
+                self.damage(s, f"{self.prefix}/{name}/zarr.json", "array metadata missing")
                 continue
             key = shard_key(arr, s)
             self.report.objects_checked += 1

@@ -113,8 +113,12 @@ def test_metadata_loss_is_found(pristine, tmp_path, array):
     cache = damaged_copy(pristine[0], tmp_path)
     split = OBJECTS[array][0]
     (cache / DOMAIN / split / array / "zarr.json").unlink()
-    keys = {d.key for d in report_for(cache, checksums=False).damage}
-    assert f"{DOMAIN}/{split}/{array}/zarr.json" in keys
+    report = report_for(cache, checksums=False)
+    key = f"{DOMAIN}/{split}/{array}/zarr.json"
+    assert [d.key for d in report.objects()] == [key]  # listed once
+    # ... but every shard it held is unreadable, so every one is rewritten
+    shards = len(list((pristine[0] / DOMAIN / split / "shard_done" / "c").iterdir()))
+    assert report.damaged_shards()[(DOMAIN, split)] == list(range(shards))
 
 
 def test_trainer_and_eval_refuse_a_damaged_store_naming_the_object(
