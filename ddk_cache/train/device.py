@@ -1,18 +1,17 @@
-"""Where a run computes and in which precision: one resolver for training and `ddk eval`.
+"""In which precision a run computes: one autocast resolver for training and `ddk eval`.
 
-Both the trainer and evaluate_model take a --device and a --bf16/--no-bf16 option; resolving
-them here keeps the defaults (CUDA when there is one; bf16 autocast where the GPU supports it)
-and the errors for impossible requests identical in both. The device itself is resolved by
-ddk.cache.device, which the teacher side uses too; it is re-exported here for the trainer.
+Both the trainer and evaluate_model take a --bf16/--no-bf16 option; resolving it here keeps
+the default (bf16 autocast where the CUDA GPU supports it) and the error for an impossible
+request identical in both. The device itself is resolved by ddk.cache.device, which the
+teacher side uses too.
 """
 
 from __future__ import annotations
 
 import torch
-from ddk.cache.device import resolve_device
 from ddk.cache.errors import ConfigError
 
-__all__ = ["resolve_autocast", "resolve_device"]
+__all__ = ["resolve_autocast"]
 
 
 def resolve_autocast(bf16: bool | None, device: torch.device) -> torch.dtype | None:

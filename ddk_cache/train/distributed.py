@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from ddk.cache.train.device import resolve_device
+from ddk.cache.device import resolve_device
 
 __all__ = ["Dist", "all_reduce", "barrier", "close_distributed", "gather", "grad_sync",
            "init_distributed"]

@@ -20,8 +20,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from ddk.cache.device import resolve_device
 from ddk.cache.errors import ConfigError
-from ddk.cache.train.device import resolve_autocast, resolve_device
+from ddk.cache.train.device import resolve_autocast
 from ddk.cache.train.student import load_student
 from ddk.cache.train.training_cache import open_cache
 

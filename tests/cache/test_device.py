@@ -65,11 +65,12 @@ def test_a_gpu_index_that_is_not_there_says_how_many_there_are(gpus):
 
 
 def test_every_user_resolves_through_this_one():
+    from ddk.cache.cache_job import run
     from ddk.cache.teacher import transformers_backend
-    from ddk.cache.train import device as train_device
+    from ddk.cache.train import distributed, evaluate
 
-    assert transformers_backend.resolve_device is resolve_device
-    assert train_device.resolve_device is resolve_device
+    for user in (run, transformers_backend, distributed, evaluate):
+        assert user.resolve_device is resolve_device, user.__name__
 
 
 def test_the_transformers_teacher_refuses_a_bad_device_before_loading(tiny_teacher_dir):

@@ -8,7 +8,8 @@ import torch
 
 
 def test_default_device_and_autocast_follow_cuda():
-    from ddk.cache.train.device import resolve_autocast, resolve_device
+    from ddk.cache.device import resolve_device
+    from ddk.cache.train.device import resolve_autocast
 
     dev = resolve_device(None)
     assert dev.type == ("cuda" if torch.cuda.is_available() else "cpu")
@@ -17,8 +18,9 @@ def test_default_device_and_autocast_follow_cuda():
 
 
 def test_cpu_autocast_is_off_unless_forced_and_forcing_it_is_an_error():
+    from ddk.cache.device import resolve_device
     from ddk.cache.errors import ConfigError
-    from ddk.cache.train.device import resolve_autocast, resolve_device
+    from ddk.cache.train.device import resolve_autocast
 
     cpu = resolve_device("cpu")
     assert cpu == torch.device("cpu")
@@ -31,8 +33,8 @@ def test_cpu_autocast_is_off_unless_forced_and_forcing_it_is_an_error():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_a_gpu_is_an_error():
+    from ddk.cache.device import resolve_device
     from ddk.cache.errors import ConfigError
-    from ddk.cache.train.device import resolve_device
 
     with pytest.raises(ConfigError, match="no CUDA GPU"):
         resolve_device("cuda")
