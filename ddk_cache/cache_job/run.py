@@ -23,7 +23,7 @@ from ddk.cache.corpus.sources import source_fingerprint
 from ddk.cache.device import resolve_device
 from ddk.cache.errors import ConfigError
 from ddk.cache.store.encoding import Encoding, id_dtype_for_vocab
-from ddk.cache.store.integrity import MANIFEST_META, check_store, done_flags
+from ddk.cache.store.integrity import MANIFEST_META, check_store
 from ddk.cache.store.layout import FORMAT_VERSION, META_KEY, SPLITS, check_output, num_shards
 from ddk.cache.store.writer import CacheWriter
 from ddk.cache.teacher.backend import TeacherBackend, TeacherScores
@@ -130,7 +130,7 @@ def shards_to_write(existing: Any, mine: list[tuple[str, str, int]], *, progress
     damaged = {(d, s, i) for (d, s), shards in report.damaged_shards().items() for i in shards}
     done = set()
     for (domain, split), shards in by_split.items():
-        flags = done_flags(existing, domain, split)
+        flags = report.flags.get((domain, split))
         if flags is not None:  # else: reported as damage, every shard is written
             done |= {(domain, split, i) for i in shards if flags[i]}
     return ShardPlan([x for x in mine if x not in done or x in damaged],

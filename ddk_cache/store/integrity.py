@@ -70,6 +70,9 @@ class IntegrityReport:
     objects_checked: int = 0
     bytes_read: int = 0
     damage: list[Damage] = field(default_factory=list)
+    #: each checked split's done flags as read (None: the flags array is gone), so that a
+    #: caller deciding what is finished does not read them again
+    flags: dict[tuple[str, str], np.ndarray | None] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -279,7 +282,7 @@ class _SplitCheck:
         object whose size matches its manifest, for the checksum pass."""
         if _node(self.group, f"{self.domain}/{self.split}", zarr.Group) is None:
             self.damage(None, f"{self.prefix}/zarr.json", "group metadata missing")
-        flags = self.flags()
+        flags = self.report.flags[(self.domain, self.split)] = self.flags()
         manifest = self.manifest()
         wanted = range(self.n_shards) if shards is None else sorted(shards)
         if flags is None:  # no flags: every shard is unproven

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import zarr
 from ddk.cache.store.encoding import dequantize_logprobs
-from ddk.cache.store.integrity import check_store
+from ddk.cache.store.integrity import IntegrityReport, check_store
 from ddk.cache.store.layout import SPLITS, split_arrays
 from ddk.cache.store.reader import CacheReader, read_rows
 from ddk.cache.store.selection import finished_sequences, spread
@@ -177,12 +177,13 @@ def _layout(reader: CacheReader) -> dict[str, Any]:
 
 # -- the report -------------------------------------------------------------------------
 def _split_report(reader: CacheReader, domain: str, split: str,
-                  damaged: list[int]) -> dict[str, Any]:
+                  integrity: IntegrityReport) -> dict[str, Any]:
     """Completeness, storage and fidelity of one domain/split (damaged shards left out)."""
-    done, missing, n_shards = finished_sequences(reader, domain, split, damaged)
+    done, missing, n_shards = finished_sequences(reader, domain, split, integrity)
     entry = {"sequences": reader.num_sequences(domain, split),
              "sequences_done": int(done.size), "num_shards": n_shards,
-             "missing_shards": missing, "damaged_shards": damaged,
+             "missing_shards": missing,
+             "damaged_shards": integrity.damaged_shards().get((domain, split), []),
              **_split_storage(reader, domain, split, int(done.size)),
              "topk_mass": _topk_mass(reader, domain, split, done)}
     if split == "validation":
@@ -244,9 +245,7 @@ def inspect_cache(path: str | Path, *, verify: int = 0, check: bool = False,
     reader = CacheReader.open(path, require_complete=False)
     meta = reader.meta
     integrity = check_store(reader.group, meta, checksums=check, progress=progress)
-    damaged = integrity.damaged_shards()
-    domains = {domain: {split: _split_report(reader, domain, split,
-                                             damaged.get((domain, split), []))
+    domains = {domain: {split: _split_report(reader, domain, split, integrity)
                         for split in SPLITS}
                for domain in reader.domains}
     report: dict[str, Any] = {
@@ -265,5 +264,5 @@ def inspect_cache(path: str | Path, *, verify: int = 0, check: bool = False,
     }
     if verify > 0:
         report["verify"] = verify_cache(reader, verify, teacher=teacher, progress=progress,
-                                        device=device, dtype=dtype, damaged=damaged)
+                                        device=device, dtype=dtype, integrity=integrity)
     return report

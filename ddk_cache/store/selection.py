@@ -8,24 +8,29 @@ unfinished shard may hold fill values, those of a damaged one anything.
 
 from __future__ import annotations
 
-from collections.abc import Collection
-
 import numpy as np
-from ddk.cache.store.integrity import done_flags
+from ddk.cache.store.integrity import IntegrityReport, done_flags
 from ddk.cache.store.layout import num_shards
 from ddk.cache.store.reader import CacheReader
 
 
 def finished_sequences(reader: CacheReader, domain: str, split: str,
-                       damaged: Collection[int] = ()) -> tuple[np.ndarray, list[int], int]:
+                       integrity: IntegrityReport | None = None
+                       ) -> tuple[np.ndarray, list[int], int]:
     """(indices of sequences in finished shards, missing shard indices, number of shards).
 
-    A split whose shard_done flags are absent counts every shard as missing. Shards in
-    `damaged` (integrity.py found a damaged object) hold no usable sequence.
+    A split whose shard_done flags are absent counts every shard as missing. With the
+    store's `integrity` report, its damaged shards hold no usable sequence, and the flags
+    it read are used as they are.
     """
     n = reader.num_sequences(domain, split)
     per_shard = int(reader.meta["sequences_per_shard"])
-    flags = done_flags(reader.group, domain, split)
+    key = (domain, split)
+    if integrity is not None and key in integrity.flags:
+        flags = integrity.flags[key]
+    else:
+        flags = done_flags(reader.group, domain, split)
+    damaged = set() if integrity is None else set(integrity.damaged_shards().get(key, ()))
     if flags is None:
         flags = np.zeros(num_shards(n, per_shard), dtype=np.uint8)
     missing = [int(i) for i in np.flatnonzero(flags == 0)]

@@ -15,7 +15,6 @@ the errors then measure a different model rather than the cache.
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 from ddk.cache.errors import IncompleteCacheError, TeacherError
 from ddk.cache.store.encoding import NEG_INF_CODE, dequantize_logprobs
+from ddk.cache.store.integrity import IntegrityReport
 from ddk.cache.store.layout import split_arrays
 from ddk.cache.store.reader import CacheReader, read_rows
 from ddk.cache.store.selection import finished_sequences, spread
@@ -38,12 +38,10 @@ _VERIFY_BLOCK = 128
 
 
 def pick_verify_sequences(reader: CacheReader, n: int,
-                          damaged: Mapping[tuple[str, str], Collection[int]] | None = None
-                          ) -> list[tuple[str, int]]:
+                          integrity: IntegrityReport | None = None) -> list[tuple[str, int]]:
     """n finished validation sequences spread over the domains: round-robin over domains,
-    evenly spaced within each (deterministic); shards in `damaged` are left out."""
-    damaged = damaged or {}
-    done = {d: finished_sequences(reader, d, "validation", damaged.get((d, "validation"), ()))[0]
+    evenly spaced within each (deterministic); damaged shards (per `integrity`) left out."""
+    done = {d: finished_sequences(reader, d, "validation", integrity)[0]
             for d in reader.domains}
     counts = dict.fromkeys(done, 0)
     remaining = n
@@ -177,8 +175,7 @@ def _error_summary(parts: list[dict[str, np.ndarray]], step: float) -> dict[str,
 
 def verify_cache(reader: CacheReader, n: int, *, teacher: str | None = None,
                  progress: bool = False, device: str = "auto", dtype: str = "fp32",
-                 damaged: Mapping[tuple[str, str], Collection[int]] | None = None
-                 ) -> dict[str, Any]:
+                 integrity: IntegrityReport | None = None) -> dict[str, Any]:
     """Re-run the teacher (transformers backend) on n stored validation sequences and
     measure how far the stored values are from the exact ones.
 
@@ -186,12 +183,13 @@ def verify_cache(reader: CacheReader, n: int, *, teacher: str | None = None,
     the same ids), top-k id agreement (exact, and ignoring near-ties within
     TIE_TOLERANCE nats), max abs error of the tail log-mass, KL(exact || stored) over the
     top-k + tail buckets per position, and the teacher-loss difference. Quantisation alone
-    bounds the log-prob and tail errors by step / 2. Shards in `damaged` are not used.
+    bounds the log-prob and tail errors by step / 2. Shards `integrity` found damaged are
+    not used.
     """
     # imported here so that a report without --verify never loads transformers
     from ddk.cache.teacher.transformers_backend import TransformersTeacher
 
-    picks = pick_verify_sequences(reader, n, damaged)
+    picks = pick_verify_sequences(reader, n, integrity)
     if not picks:
         raise IncompleteCacheError(f"cannot verify {reader.path}: no validation shard is "
                                    "finished yet; re-run `ddk cache-teacher` to fill it")
