@@ -35,9 +35,20 @@ OPTION_FIELDS: dict[str, Target] = {
               help="bf16 autocast. [default: on where the CUDA GPU supports it]")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def eval_model(as_json: bool, **opts: Any) -> None:
-    """Per-domain validation perplexity of MODEL on the cache, and its ratio to the teacher."""
-    from ddk.cache.train.evaluate import evaluate_model
+    """Per-domain validation perplexity of MODEL on the cache, and its ratio to the teacher.
 
-    rows = [p.to_dict() for p in evaluate_model(**field_values(opts, OPTION_FIELDS))]
-    click.echo(json.dumps({"model": opts["model"], "cache": opts["cache"], "domains": rows})
-               if as_json else perplexity_table(rows))
+    Also says whether DDK's weights would saturate for MODEL as a student (one domain taking
+    almost all of the discrepancy-driven weight), before a training budget is spent on it.
+    """
+    from ddk.cache.train.evaluate import evaluate_model
+    from ddk.cache.train.saturation import diagnose
+
+    ppl = evaluate_model(**field_values(opts, OPTION_FIELDS))
+    rows = [p.to_dict() for p in ppl]
+    diagnosis = diagnose([p.domain for p in ppl], [p.ratio for p in ppl])
+    if as_json:
+        click.echo(json.dumps({"model": opts["model"], "cache": opts["cache"], "domains": rows,
+                               "ddk_saturation": diagnosis.to_dict()}))
+        return
+    click.echo(perplexity_table(rows))
+    click.echo(f"ddk check: {diagnosis.describe()}")

@@ -126,10 +126,17 @@ def train_student(as_json: bool, **opts: Any) -> None:
     if as_json:
         click.echo(json.dumps({k: s[k] for k in ("method", "steps", "tokens",
                                                   "train_tokens_per_s", "final",
-                                                  "weight_history")}
+                                                  "weight_history", "ddk_saturation")}
                               | {"model": str(result.out / "model")}, default=str))
         return
     tps = s["train_tokens_per_s"]
     click.echo(f"{cfg.method}: {result.steps} steps, {result.tokens:,} tokens"
                + (f", {tps:,.0f} tok/s" if tps else "") + f"; model in {result.out / 'model'}")
     click.echo(perplexity_table([p.to_dict() for p in result.final]))
+    sat = s.get("ddk_saturation")
+    if sat and sat["saturated_intervals"]:
+        click.echo(f"note: ddk's weights were saturated (one domain above "
+                   f"{sat['threshold']} of the discrepancy-driven weight) at "
+                   f"{sat['saturated_intervals']} of {sat['intervals']} intervals, on "
+                   f"{', '.join(sat['domains'])}: the student is too far behind its teacher "
+                   f"for DDK's formula to re-weight gently; see {sat['docs']}")

@@ -22,7 +22,7 @@ import torch
 from ddk.cache.errors import ConfigError
 
 __all__ = ["discrepancy", "explicit_weights", "fixed_weights", "initial_weights", "parse_weights",
-           "update_weights"]
+           "psi_share", "update_weights"]
 
 
 def _vec(x: Sequence[float] | torch.Tensor, name: str, *, allow_zero: bool = False
@@ -68,9 +68,14 @@ def update_weights(weights: Sequence[float] | torch.Tensor,
     ratio = discrepancy(ppl_student, ppl_teacher)
     if r.shape != ratio.shape:
         raise ConfigError(f"got {r.numel()} weights for {ratio.numel()} domains")
-    log_psi = torch.log(r) + ratio
-    psi_norm = torch.exp(log_psi - torch.logsumexp(log_psi, dim=0))
-    return alpha * psi_norm + (1.0 - alpha) / r.numel()
+    return alpha * psi_share(r, ratio) + (1.0 - alpha) / r.numel()
+
+
+def psi_share(weights: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+    """psi / sum(psi) with psi = weights * exp(ratio): the discrepancy-driven part of an update,
+    in log space (float64 [N] tensors in, float64 out)."""
+    log_psi = torch.log(weights) + ratio
+    return torch.exp(log_psi - torch.logsumexp(log_psi, dim=0))
 
 
 def fixed_weights(kind: str, token_counts: Sequence[int] | torch.Tensor) -> torch.Tensor:

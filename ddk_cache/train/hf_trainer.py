@@ -234,6 +234,8 @@ class DDKTrainer(Trainer):
         this at the interval's first step); logged through Trainer.log."""
         ppl = self.evaluate_domains()
         rec = self.ddk_mixture.start_interval(step, ppl, self.state.max_steps)
+        if rec.get("saturation", {}).get("saturated") and self.is_world_process_zero():
+            log.warning("step %d: %s", step, rec["saturation"]["message"])
         logs: dict[str, float] = {}
         for p, w in zip(ppl, rec["weights"], strict=True):
             logs[f"ddk/weight/{p.domain}"] = w

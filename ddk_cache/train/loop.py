@@ -54,6 +54,7 @@ import contextlib
 import json
 import os
 import signal
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -88,6 +89,7 @@ from ddk.cache.train.lm_head import (
 from ddk.cache.train.metrics import MetricsLog, plot_metrics
 from ddk.cache.train.mixture import DomainMixture
 from ddk.cache.train.sampler import PrefetchLoader
+from ddk.cache.train.saturation import saturation_summary
 from ddk.cache.train.signals import StopFlag
 from ddk.cache.train.state import TrainState
 from ddk.cache.train.step import lr_at, optimizer_step, steps_for_tokens, truncate_topk
@@ -313,7 +315,16 @@ def _start_interval(run: Run, state: TrainState) -> None:
     """Measure every domain, set the weights for the next `interval` steps, log them."""
     rec = run.mixture.start_interval(state.step, _evaluate(run), run.max_steps)
     run.metrics.log_interval(state.step, run.domains, rec["weights"], rec["ppl_student"],
-                             rec["ppl_teacher"])
+                             rec["ppl_teacher"], saturation=rec.get("saturation"))
+    sat = rec.get("saturation")
+    if run.d.rank == 0 and sat and sat["saturated"]:
+        from tqdm.auto import tqdm
+
+        before = any(h.get("saturation", {}).get("saturated") for h in state.mixture.history[:-1])
+        msg = (f"ddk's weights are still saturated ({sat['top_domain']} "
+               f"{sat['top_share']:.2f} of the discrepancy-driven weight)" if before
+               else sat["message"])
+        tqdm.write(f"warning: step {state.step}: {msg}", file=sys.stderr)
 
 
 def _train_step(run: Run, state: TrainState, loader: PrefetchLoader, stop: StopFlag, bar: Any,
@@ -383,4 +394,5 @@ def _summary(run: Run, state: TrainState, stats: FitStats,
         "wall_s": time.perf_counter() - stats.t_start, "interrupted_by": stats.interrupted,
         "domains": run.domains, "weight_history": state.mixture.history,
         "final": [p.to_dict() for p in final], "config": state.config,
+        "ddk_saturation": saturation_summary(state.mixture.history, run.domains),
     }

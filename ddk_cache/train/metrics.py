@@ -94,11 +94,16 @@ class MetricsLog:
                 self._tb.add_scalar(f"train/{k}", v, step)
 
     def log_interval(self, step: int, domains: list[str], weights: list[float],
-                     ppl_student: list[float], ppl_teacher: list[float]) -> None:
+                     ppl_student: list[float], ppl_teacher: list[float], *,
+                     saturation: dict[str, Any] | None = None) -> None:
+        """One interval's weights and perplexities; ddk's with its saturation diagnosis."""
         ratio = [s / t for s, t in zip(ppl_student, ppl_teacher, strict=True)]
-        self._write({"type": "interval", "step": step, "domains": list(domains),
-                     "weights": list(weights), "ppl_student": list(ppl_student),
-                     "ppl_teacher": list(ppl_teacher), "ratio": ratio})
+        rec = {"type": "interval", "step": step, "domains": list(domains),
+               "weights": list(weights), "ppl_student": list(ppl_student),
+               "ppl_teacher": list(ppl_teacher), "ratio": ratio}
+        if saturation is not None:
+            rec["saturation"] = saturation
+        self._write(rec)
         if self._tb is not None:
             for i, d in enumerate(domains):
                 self._tb.add_scalar(f"weight/{d}", weights[i], step)

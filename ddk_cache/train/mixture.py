@@ -30,6 +30,7 @@ from ddk.cache.train.ddk_weights import (
 )
 from ddk.cache.train.evaluate import DomainPerplexity
 from ddk.cache.train.sampler import DomainSampler, PrefetchLoader
+from ddk.cache.train.saturation import diagnose
 
 __all__ = ["DomainMixture", "MixtureState", "fixed_mixture", "next_weights"]
 
@@ -89,12 +90,16 @@ class DomainMixture:
 
     def start_interval(self, step: int, ppl: list[DomainPerplexity],
                        max_steps: int) -> dict[str, Any]:
-        """Set the weights for steps [step, step + interval) from `ppl`; returns the record."""
+        """Set the weights for steps [step, step + interval) from `ppl`; returns the record
+        (for ddk with the saturation diagnosis of the ratios it used, saturation.py)."""
         s = self.state
-        s.weights = next_weights(self.cfg, s.weights, ppl, self.fixed)
-        rec = {"step": step, "weights": s.weights.tolist(),
-               "ppl_student": [p.student_ppl for p in ppl],
-               "ppl_teacher": [p.teacher_ppl for p in ppl]}
+        prev = s.weights
+        s.weights = next_weights(self.cfg, prev, ppl, self.fixed)
+        rec: dict[str, Any] = {"step": step, "weights": s.weights.tolist(),
+                               "ppl_student": [p.student_ppl for p in ppl],
+                               "ppl_teacher": [p.teacher_ppl for p in ppl]}
+        if self.cfg.method == "ddk":
+            rec["saturation"] = diagnose(self.domains, [p.ratio for p in ppl], prev).to_dict()
         s.history.append(rec)
         self.sampler.set_weights(s.weights)
         s.snapshot = self.sampler.state_dict()

@@ -32,7 +32,8 @@ def test_eval_json_and_table_match_the_trained_run(train_cache, tiny_student_dir
     assert r.exit_code == 0
     lines = r.stdout.strip().splitlines()
     assert lines[0].split() == ["domain", "seqs", "student", "ppl", "teacher", "ppl", "ratio"]
-    assert [ln.split()[0] for ln in lines[2:]] == ["code", "prose", "math"]
+    assert [ln.split()[0] for ln in lines[2:-1]] == ["code", "prose", "math"]
+    assert lines[-1].startswith("ddk check: ")
 
 
 def test_missing_cache_and_wrong_model_are_one_line_errors(train_cache, tmp_path):

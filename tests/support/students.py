@@ -44,3 +44,18 @@ def small_train_config(cache: Any, student: Any, out: Any, **kw: Any) -> Any:
             "min_lr": 1e-4, "checkpoint_every": 0, "progress": False, "device": "cpu"}
     base.update(kw)
     return TrainConfig(cache=str(cache), student=str(student), out=str(out), **base)
+
+
+def far_behind_student(src: Path, dst: Path, logit_scale: float = 40.0) -> Path:
+    """A copy of the student `src` at `dst` with its logits scaled up by `logit_scale`: its
+    confident random predictions put it hundreds of times behind any teacher (the regime in
+    which DDK's weights saturate)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(src)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(logit_scale)
+    model.save_pretrained(dst)
+    AutoTokenizer.from_pretrained(src).save_pretrained(dst)
+    return dst
