@@ -7,7 +7,7 @@ import operator
 from typing import Any
 
 import click
-from ddk.cache.demo import METHODS, DemoConfig, format_table, run_demo
+from ddk.cache.demo import METHODS, DemoConfig, format_regime, format_table, run_demo
 from ddk.cli.options import Target, field_values
 
 
@@ -61,6 +61,7 @@ def demo(as_json: bool, **opts: Any) -> None:
         click.echo(json.dumps(result.to_json(), indent=2))
         return
     click.echo(format_table(result))
+    click.echo(format_regime(result) + "\n")
     click.echo("stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in result.seconds.items()))
     click.echo(f"written to {result.out}/ (summary.md, summary.json"
                + "".join(f", {p.name}" for p in result.plots) + ")")

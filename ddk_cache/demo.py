@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,14 +50,22 @@ class DemoResult:
     table: list[dict[str, Any]]
     seconds: dict[str, float]
     plots: list[Path]
+    regime: dict[str, Any] = field(default_factory=dict)  # the student's saturation diagnosis
 
     def to_json(self) -> dict[str, Any]:
         return {"out": str(self.out), "table": self.table, "seconds": self.seconds,
-                "plots": [str(p) for p in self.plots]}
+                "plots": [str(p) for p in self.plots], "regime": self.regime}
 
 
-def derive_student(teacher_path: Path, out: Path, keep_layers: int) -> Path:
-    """Save a copy of the teacher keeping `keep_layers` evenly spaced decoder layers."""
+def derive_student(teacher_path: Path, out: Path, keep_layers: int | None = None, *,
+                   drop_layers: Sequence[int] = ()) -> Path:
+    """Save a copy of the teacher with fewer decoder layers.
+
+    keep_layers: keep this many evenly spaced layers (the compression regime: a student far
+        behind its teacher). drop_layers: instead, drop exactly these layer indices (the
+        paper's regime: a student a layer or two short of its teacher, within a small factor
+        of its perplexity).
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -65,9 +74,17 @@ def derive_student(teacher_path: Path, out: Path, keep_layers: int) -> Path:
     teacher = AutoModelForCausalLM.from_pretrained(teacher_path, dtype=torch.float32)
     layers = teacher.model.layers
     n = len(layers)
-    if not 1 <= keep_layers <= n:
-        raise ConfigError(f"--student-layers must be in [1, {n}] for this teacher")
-    keep = sorted({round(i * (n - 1) / max(1, keep_layers - 1)) for i in range(keep_layers)})
+    if drop_layers:
+        bad = sorted(i for i in set(drop_layers) if not 0 <= i < n)
+        if bad or len(set(drop_layers)) >= n:
+            raise ConfigError(f"cannot drop layers {sorted(set(drop_layers))} of a teacher with "
+                              f"{n} decoder layers (indices 0 to {n - 1}, keep at least one)")
+        keep = [i for i in range(n) if i not in set(drop_layers)]
+    else:
+        if keep_layers is None or not 1 <= keep_layers <= n:
+            raise ConfigError(f"--student-layers must be in [1, {n}] for this teacher")
+        keep = sorted({round(i * (n - 1) / max(1, keep_layers - 1))
+                       for i in range(keep_layers)})
     teacher.model.layers = torch.nn.ModuleList(layers[i] for i in keep)
     for new_index, layer in enumerate(teacher.model.layers):
         if hasattr(layer, "self_attn") and hasattr(layer.self_attn, "layer_idx"):
@@ -91,6 +108,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     from ddk.cache.train.config import TrainConfig
     from ddk.cache.train.evaluate import evaluate_model
     from ddk.cache.train.loop import train
+    from ddk.cache.train.saturation import diagnose
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -144,11 +162,41 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
         if (ddk_plots / name).is_file():
             shutil.copy(ddk_plots / name, out / name)
             plots.append(out / name)
-    result = DemoResult(out, table, seconds, plots)
+    regime = {"student_layers": cfg.student_layers,
+              "start": diagnose([p.domain for p in before], [p.ratio for p in before]).to_dict()}
+    if (out / "runs" / "ddk" / "summary.json").is_file():
+        regime["ddk_run"] = json.loads((out / "runs" / "ddk" / "summary.json").read_text()
+                                       ).get("ddk_saturation")
+    result = DemoResult(out, table, seconds, plots, regime)
     (out / "summary.json").write_text(json.dumps(
         {**result.to_json(), "config": asdict(cfg)}, indent=2, default=str))
-    (out / "summary.md").write_text(format_table(result))
+    (out / "summary.md").write_text(format_table(result) + "\n" + format_regime(result) + "\n")
     return result
+
+
+def format_regime(result: DemoResult) -> str:
+    """What regime the demo's student is in, what that means for DDK, and where the evidence
+    is: a newcomer's reading of the table depends on it."""
+    from ddk.cache.train.saturation import DOCS_SECTION
+
+    start = result.regime.get("start")
+    if not start:
+        return ""
+    ratios = f"{start['ratio_min']:.3g} to {start['ratio_max']:.3g}"
+    run = result.regime.get("ddk_run")
+    during = (f"; during the ddk run they were saturated at {run['saturated_intervals']} of "
+              f"{run['intervals']} re-weightings" if run else "")
+    if start["saturated"]:
+        return (f"Regime: the student ({result.regime['student_layers']} of the teacher's "
+                f"layers) starts {ratios} times the teacher's perplexity, so DDK's weights "
+                f"saturate (one domain takes the discrepancy-driven weight){during}. This "
+                "demo is a smoke test of the pipeline, not evidence for or against DDK, which "
+                "is meant for students within a small factor of their teacher. The evidence "
+                "in that regime: docs/results.md (bench/replicate.py --preset paper); the "
+                f"regime is explained in {DOCS_SECTION}.")
+    return (f"Regime: the student starts {ratios} times the teacher's perplexity, within "
+            f"DDK's working range (no saturation at the start{during}). The measured "
+            "comparison in this regime: docs/results.md (bench/replicate.py --preset paper).")
 
 
 def format_table(result: DemoResult) -> str:
