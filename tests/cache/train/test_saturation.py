@@ -116,3 +116,13 @@ def test_eval_reports_the_diagnosis_before_training(train_cache, far_student,
     last = r.stdout.strip().splitlines()[-1]
     assert last.startswith("ddk check: student/teacher perplexity ratios")
     assert "no saturation" in last
+
+
+def test_the_warning_points_to_a_section_that_exists():
+    from pathlib import Path
+
+    path, anchor = DOCS_SECTION.split("#")
+    text = (Path(__file__).resolve().parents[3] / path).read_text()
+    headings = {ln.lstrip("#").strip().lower().replace(" ", "-") for ln in text.splitlines()
+                if ln.startswith("## ")}
+    assert anchor in headings
