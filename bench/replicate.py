@@ -1,16 +1,25 @@
 #!/usr/bin/env python3
 """Replication of DDK vs KD vs CPT on the 8-domain benchmark corpus (docs/results.md).
 
-    python bench/replicate.py --preset gpu --out replicate-gpu     # the experiment (one GPU)
-    python bench/replicate.py --preset cpu --out replicate-cpu     # reduced, 2 CPU cores
+    python bench/replicate.py --preset paper --out replicate-paper # the paper's regime, 2 CPU cores
+    python bench/replicate.py --preset gpu --out replicate-gpu     # compression regime, one GPU
+    python bench/replicate.py --preset cpu --out replicate-cpu     # compression regime, 2 CPU cores
     python bench/replicate.py --preset smoke --teacher T --corpus C --out X   # tests
+
+Two regimes (Preset): *compression*, a student of a few of the teacher's layers, tens to
+hundreds of times behind it, where DDK's weights saturate; and *paper*, the teacher minus two
+late layers, briefly healed with KD, a small factor behind it with uneven gaps, the regime of
+the DDK paper's pretrained students.
 
 Stages, each resumable (a finished run is skipped when the script is re-run; a run killed
 half-way is redone from its start):
   1. cache: the teacher's top-64 over the corpus (train split capped per domain by the
-     preset; validation = DDK's measuring set + a held-out test set after it).
-  2. student: a layer-pruned copy of the teacher (demo.derive_student), then pre-trained
-     briefly with CE on a skewed domain mix, so that its gaps to the teacher differ by domain.
+     preset; validation = DDK's measuring set, plus, in the compression presets, a held-out
+     test set after it). The paper preset tests on a second cache, test-cache/, of documents
+     the first never read (test-corpus/: each domain's documents after the last one packed).
+  2. student: a pruned copy of the teacher (demo.derive_student): evenly spaced layers
+     pre-trained briefly with CE on a skewed domain mix (compression), or the teacher minus
+     `drop_layers` healed with KD on the uniform mix (paper).
   3. runs, all from that student at the same token budget (steps x batch x seq_len):
      main      cpt (natural mix), kd (uniform), kd (natural), ddk; for every seed
      ablation  ddk with interval K/2 and 2K, without smoothing (alpha = 1), gamma 0.1 / 0.5
@@ -20,8 +29,7 @@ half-way is redone from its start):
 
 "natural" is the corpus's own token proportions (tokenised in full), not the capped cache's,
 so it differs from uniform even when the preset caches the same number of sequences per domain.
-The held-out test sequences are validation sequences after the first `val_weight` ones that
-ddk uses to re-weight, so no method has seen them.
+No method sees the test sequences; ddk measures its gaps on the measuring set only.
 """
 
 from __future__ import annotations
@@ -43,14 +51,21 @@ BENCH_CORPUS = REPO / "bench" / "data" / "corpus"
 
 @dataclass
 class Preset:
-    """The experiment's scale; every run of one experiment uses the same numbers."""
+    """The experiment's scale and regime; every run of one experiment uses the same numbers.
+
+    Two student regimes. *Compression* (`student_layers`): a few evenly spaced teacher layers,
+    pre-trained with CE on a skewed mix; the student starts tens to hundreds of times worse
+    than the teacher. *Paper* (`drop_layers`): the teacher minus one or two late layers,
+    healed briefly with KD on the uniform mix; it starts within a small factor of the teacher
+    with uneven gaps, the regime of the DDK paper's pretrained students.
+    """
 
     seq_len: int
     train_sequences: int | None       # cached per domain (None: all)
     val_weight: int                   # validation sequences ddk measures gaps on
     val_test: int                     # held-out test sequences per domain, after those
-    student_layers: int               # decoder layers kept from the teacher
-    pretrain_steps: int               # skewed CE pre-training of the student
+    student_layers: int | None        # decoder layers kept from the teacher (compression)
+    pretrain_steps: int               # the student's preparation: skewed CE, or KD healing
     steps: int                        # optimizer steps per run (equal token budget)
     batch_size: int
     interval: int                     # ddk re-weighting interval K (steps)
@@ -61,6 +76,12 @@ class Preset:
     loss_ks: tuple[int, ...] = (8, 16, 64)
     cache_k: int = 64
     eval_batch_size: int = 16
+    drop_layers: tuple[int, ...] = ()  # paper regime: drop exactly these teacher layers
+    pretrain: str = "skew"            # "skew": CE on the skewed mix; "heal": KD, uniform mix
+    held_out_docs: bool = False       # test on documents the cache never read (else: on
+                                      # validation windows after ddk's measuring set)
+    baseline_interval: int | None = None  # kd / cpt measure every this many steps (None: K)
+    groups: tuple[str, ...] = ("main", "ablation", "loss")  # what a plain run runs
 
 
 PRESETS: dict[str, Preset] = {
@@ -72,10 +93,22 @@ PRESETS: dict[str, Preset] = {
     # 2 CPU cores, about 40 minutes: 48 steps x 4 x 128 tokens per run
     "cpu": Preset(seq_len=128, train_sequences=48, val_weight=6, val_test=10, student_layers=6,
                   pretrain_steps=40, steps=48, batch_size=4, interval=8, lr=3e-4),
+    # the paper's regime on 2 CPU cores: the teacher minus layers 24 and 26, healed with
+    # 24 KD steps; 64 steps x 4 x 64 tokens per run, 8 re-weightings (K = 8)
+    "paper": Preset(seq_len=64, train_sequences=256, val_weight=16, val_test=24,
+                    student_layers=None, drop_layers=(24, 26), pretrain="heal",
+                    pretrain_steps=8, steps=64, batch_size=4, interval=8, lr=3e-5,
+                    held_out_docs=True, baseline_interval=64, groups=("main", "ablation")),
     # the test suite: tiny models, a few steps
     "smoke": Preset(seq_len=32, train_sequences=8, val_weight=2, val_test=2, student_layers=1,
                     pretrain_steps=2, steps=4, batch_size=2, interval=2, lr=1e-3, seeds=(0, 1),
                     loss_ks=(2, 4), cache_k=4, eval_batch_size=4),
+    # the test suite, paper regime: the tiny teacher minus one layer, healed 2 KD steps
+    "paper-smoke": Preset(seq_len=32, train_sequences=8, val_weight=2, val_test=2,
+                          student_layers=None, drop_layers=(1,), pretrain="heal",
+                          pretrain_steps=2, steps=8, batch_size=2, interval=2, lr=1e-3,
+                          seeds=(0, 1, 2), cache_k=4, eval_batch_size=4, held_out_docs=True,
+                          baseline_interval=8, groups=("main", "ablation")),
 }
 
 # skewed pre-training mix: two domains get ten times the weight of each other one
@@ -170,14 +203,16 @@ def build_cache(p: Preset, specs: list[Any], teacher: Path, out: Path, progress:
 
     job = run_cache_job(CacheJobConfig(
         output=str(out / "cache"), domains=specs, teacher=str(teacher), k=p.cache_k,
-        seq_len=p.seq_len, val_sequences=p.val_weight + p.val_test,
+        seq_len=p.seq_len, val_sequences=p.val_weight + (0 if p.held_out_docs else p.val_test),
         max_train_sequences=p.train_sequences, progress=progress))
     return job.output
 
 
 def build_student(p: Preset, teacher: Path, cache: str, skew: dict[str, float], out: Path,
                   progress: bool) -> Path:
-    """Layer-pruned teacher, then `pretrain_steps` of CE on the skewed mix."""
+    """The student every run starts from: a pruned teacher, then `pretrain_steps` of CE on
+    the skewed mix (compression regime) or of KD on the uniform mix (paper regime, healing
+    the pruning)."""
     from ddk.cache.demo import derive_student
     from ddk.cache.train.config import TrainConfig
     from ddk.cache.train.loop import train
@@ -185,11 +220,14 @@ def build_student(p: Preset, teacher: Path, cache: str, skew: dict[str, float], 
     final = out / "student"
     if (final / "config.json").is_file():
         return final
-    pruned = derive_student(teacher, out / "student-pruned", p.student_layers)
+    pruned = derive_student(teacher, out / "student-pruned", p.student_layers,
+                            drop_layers=p.drop_layers)
     run_dir = out / "student-pretrain"
     shutil.rmtree(run_dir, ignore_errors=True)
-    train(TrainConfig(cache=cache, student=str(pruned), out=str(run_dir), method="cpt",
-                      domain_weights=skew, val_sequences=p.val_weight, batch_size=p.batch_size,
+    mix: dict[str, Any] = ({"method": "kd", "mixture": "uniform"} if p.pretrain == "heal"
+                           else {"method": "cpt", "domain_weights": skew})
+    train(TrainConfig(cache=cache, student=str(pruned), out=str(run_dir), **mix,
+                      val_sequences=p.val_weight, batch_size=p.batch_size,
                       max_steps=p.pretrain_steps, interval=p.pretrain_steps, lr=p.lr,
                       min_lr=p.lr / 10, seed=12345, checkpoint_every=0, progress=progress))
     shutil.copytree(run_dir / "model", final.with_name("student.tmp"), dirs_exist_ok=True)
@@ -197,19 +235,68 @@ def build_student(p: Preset, teacher: Path, cache: str, skew: dict[str, float], 
     return final
 
 
-def evaluate_test(model: Any, cache: str, p: Preset) -> list[dict[str, Any]]:
-    """Per-domain perplexity on the held-out test sequences (after ddk's measuring set)."""
+def unread_documents(spec: Any, tokenizer: Any, tokens_read: int, seed: int = 0) -> list[str]:
+    """The domain's documents that a cache reading its first `tokens_read` packed tokens
+    never touched: those after the last one it read, in the packing's shuffled order."""
+    from ddk.cache.corpus.packing import document_order
+    from ddk.cache.corpus.sources import iter_documents
+
+    texts = list(iter_documents(spec))
+    order = document_order(len(texts), seed, spec.name)
+    total = 0
+    for j, i in enumerate(order):
+        total += len(tokenizer(texts[i], add_special_tokens=False)["input_ids"]) + 1  # + EOS
+        if total >= tokens_read:
+            return [texts[k] for k in order[j + 1:]]
+    return []
+
+
+def build_test_cache(p: Preset, specs: list[Any], teacher: Path, out: Path,
+                     progress: bool) -> str:
+    """A cache of `val_test` validation sequences per domain cut from documents the training
+    cache never read (held-out documents, not held-out windows of shared documents)."""
+    from ddk.cache.cache_job.config import CacheJobConfig
+    from ddk.cache.cache_job.run import run_cache_job
+    from ddk.cache.corpus.sources import DomainSpec
+    from ddk.cache.errors import ConfigError
+    from transformers import AutoTokenizer
+
+    corpus = out / "test-corpus"
+    if not corpus.is_dir():
+        tok = AutoTokenizer.from_pretrained(teacher)
+        read = (p.val_weight + (p.train_sequences or 0)) * p.seq_len
+        tmp = out / "test-corpus.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        for spec in specs:
+            docs = unread_documents(spec, tok, read)
+            if p.train_sequences is None or not docs:
+                raise ConfigError(f"domain {spec.name!r} has no documents left for a held-out "
+                                  "test set: lower the preset's train_sequences")
+            with (tmp / f"{spec.name}.jsonl").open("w") as f:
+                f.writelines(json.dumps({"text": d}) + "\n" for d in docs)
+        tmp.rename(corpus)
+    job = run_cache_job(CacheJobConfig(
+        output=str(out / "test-cache"), teacher=str(teacher), k=p.cache_k, seq_len=p.seq_len,
+        domains=[DomainSpec(s.name, str(corpus / f"{s.name}.jsonl")) for s in specs],
+        val_sequences=p.val_test, max_train_sequences=1, progress=progress))
+    return job.output
+
+
+def evaluate_test(model: Any, test: tuple[str, int], p: Preset) -> list[dict[str, Any]]:
+    """Per-domain perplexity on the held-out test sequences: `test` is (cache, index of the
+    first test sequence in its validation split)."""
     from ddk.cache.train.evaluate import evaluate_domains
     from ddk.cache.train.training_cache import open_cache
 
-    reader = open_cache(cache)
+    reader = open_cache(test[0])
     return [x.to_dict() for x in evaluate_domains(
-        model, reader, max_sequences=p.val_test, first=p.val_weight,
+        model, reader, max_sequences=p.val_test, first=test[1],
         batch_size=p.eval_batch_size)]
 
 
-def run_one(spec: RunSpec, p: Preset, cache: str, student: Path, out: Path,
-            progress: bool) -> dict[str, Any]:
+def run_one(spec: RunSpec, p: Preset, cache: str, test: tuple[str, int], student: Path,
+            out: Path, progress: bool) -> dict[str, Any]:
     """Train one run (or load its result if it finished before) and score the test set."""
     from ddk.cache.train.config import TrainConfig
     from ddk.cache.train.loop import train
@@ -225,12 +312,14 @@ def run_one(spec: RunSpec, p: Preset, cache: str, student: Path, out: Path,
                "interval": p.interval, "lr": p.lr, "min_lr": p.lr / 10, "seed": spec.seed,
                "checkpoint_every": 0, "progress": progress,
                "eval_batch_size": p.eval_batch_size, **spec.options}
+    if spec.options.get("method") != "ddk" and p.baseline_interval and "interval" not in spec.options:
+        options["interval"] = p.baseline_interval  # a fixed mix: measured only for the logs
     res = train(TrainConfig(**options))
     if res.interrupted_by is not None:
         raise KeyboardInterrupt
     record = {"key": spec.key, "seed": spec.seed, "options": spec.options,
               "train_seconds": time.perf_counter() - t, "tokens": res.tokens,
-              "weight_history": res.history, "test": evaluate_test(res.model, cache, p)}
+              "weight_history": res.history, "test": evaluate_test(res.model, test, p)}
     tmp = result_file.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=2, default=str))
     tmp.rename(result_file)
@@ -276,13 +365,36 @@ def summarise(groups: dict[str, dict[str, list[dict[str, Any]]]]
     return out
 
 
+def _ddk_history(runs: list[RunSpec], records: dict[str, dict[str, Any]]
+                 ) -> dict[int, list[dict[str, Any]]]:
+    """The main ddk runs' weight histories by seed."""
+    return {r.seed: records[r.key]["weight_history"] for r in runs
+            if r.group == "main" and r.label == "ddk" and records[r.key].get("weight_history")}
+
+
+def format_weights(history: list[dict[str, Any]], domains: list[str]) -> list[str]:
+    """One ddk run's weights per interval, with the ratios they were computed from."""
+    lines = ["| step | " + " | ".join(domains) + " |", "|---|" + "---|" * len(domains)]
+    for h in history:
+        ratios = [s / t for s, t in zip(h["ppl_student"], h["ppl_teacher"])]
+        lines.append(f"| {h['step']} | " + " | ".join(
+            f"{w:.3f} ({r:.2f})" for w, r in zip(h["weights"], ratios)) + " |")
+    return lines
+
+
 def format_report(summary: dict[str, Any], start: list[dict[str, Any]], preset: str,
-                  p: Preset, seconds: float) -> str:
+                  p: Preset, seconds: float, *,
+                  ddk_history: dict[int, list[dict[str, Any]]] | None = None) -> str:
     lines = [f"Preset `{preset}`: {json.dumps(asdict(p))}", "",
-             f"Total wall time {seconds / 60:.1f} min.", "",
-             ("Held-out test perplexity ratio student/teacher per domain; 'geo-mean' is the "
-             "geometric mean over the domains, 'worst' the largest domain ratio. Over seeds: "
-             "mean ± std [min, max]."), ""]
+             f"Total wall time {seconds / 60:.1f} min.", ""]
+    lines += [("Test set: " + ("validation sequences of documents the training cache never "
+               "read (test-cache/, from test-corpus/)." if p.held_out_docs else
+               "the validation sequences after ddk's measuring set (windows of the same "
+               "shuffled document stream; the document at the validation/train boundary is "
+               "shared).")), ""]
+    lines += [("Held-out test perplexity ratio student/teacher per domain; 'geo-mean' is the "
+               "geometric mean over the domains, 'worst' the largest domain ratio. Over seeds: "
+               "mean ± std [min, max]."), ""]
     main = summary.get("main", {})
     if main:
         lines += ["### Main comparison (equal token budget)", "",
@@ -298,6 +410,10 @@ def format_report(summary: dict[str, Any], start: list[dict[str, Any]], preset: 
             cells += [f"{statistics.mean(main[m]['domain_ratio'][d['domain']]):.2f}"
                       for m in labels]
             lines.append("| " + " | ".join(cells) + " |")
+    if ddk_history:
+        seed = min(ddk_history)
+        lines += ["", f"### DDK weights, seed {seed} (in brackets: the measured ratio)", ""]
+        lines += format_weights(ddk_history[seed], [d["domain"] for d in start])
     for group, title in (("ablation", "DDK ablations"), ("loss", "Loss on the cached top-k")):
         rows = summary.get(group, {})
         if not rows:
@@ -394,9 +510,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cache = build_cache(p, specs, teacher, out, args.progress)
     natural = natural_mixture(specs, teacher, out)
     student = build_student(p, teacher, cache, skew, out, args.progress)
-    start = _start_ratios(student, cache, p)
+    test = ((build_test_cache(p, specs, teacher, out, args.progress), 0) if p.held_out_docs
+            else (cache, p.val_weight))
+    start = _start_ratios(student, cache, test, p)
+    groups_run = args.groups or list(p.groups)
 
-    runs = [r for r in plan_runs(p, natural, str(teacher)) if r.group in args.groups]
+    runs = [r for r in plan_runs(p, natural, str(teacher)) if r.group in groups_run]
     unique: dict[str, RunSpec] = {}
     for r in runs:
         unique.setdefault(r.key, r)
@@ -404,18 +523,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for i, spec in enumerate(unique.values(), 1):
         print(f"[replicate] run {i}/{len(unique)}: {spec.group} {spec.label} seed {spec.seed}",
               flush=True)
-        records[spec.key] = run_one(spec, p, cache, student, out, args.progress)
+        records[spec.key] = run_one(spec, p, cache, test, student, out, args.progress)
 
     groups: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for r in runs:
         groups.setdefault(r.group, {}).setdefault(r.label, []).append(records[r.key])
     summary = summarise(groups)
     seconds = time.perf_counter() - t0
-    report = format_report(summary, start, args.preset, p, seconds)
+    report = format_report(summary, start, args.preset, p, seconds,
+                           ddk_history=_ddk_history(runs, records))
     plots = plot(summary, records, runs, out)
     result = {"preset": args.preset, "config": asdict(p), "corpus": str(corpus),
               "teacher": str(teacher), "skew": skew, "natural": natural,
-              "student_start": start, "summary": summary, "plots": [str(x) for x in plots],
+              "student_start": start, "test_cache": test[0], "summary": summary, "plots": [str(x) for x in plots],
               "seconds": seconds}
     (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
     (out / "results.md").write_text(report)
@@ -423,7 +543,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def _start_ratios(student: Path, cache: str, p: Preset) -> list[dict[str, Any]]:
+def _start_ratios(student: Path, cache: str, test: tuple[str, int], p: Preset
+                  ) -> list[dict[str, Any]]:
     """The pre-trained student's held-out test ratios: the gaps every method starts from."""
     from ddk.cache.train.student import load_student
     from ddk.cache.train.training_cache import open_cache
@@ -433,7 +554,7 @@ def _start_ratios(student: Path, cache: str, p: Preset) -> list[dict[str, Any]]:
     import torch
 
     model.to("cuda" if torch.cuda.is_available() else "cpu")
-    return evaluate_test(model, cache, p)
+    return evaluate_test(model, test, p)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -445,8 +566,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--corpus", default=None,
                     help="dir of <domain>.jsonl(.gz) (default: bench/data/corpus, else the "
                          "bundled demo corpus)")
-    ap.add_argument("--groups", nargs="+", default=["main", "ablation", "loss"],
-                    choices=["main", "ablation", "loss"])
+    ap.add_argument("--groups", nargs="+", default=None, choices=["main", "ablation", "loss"],
+                    help="run groups (default: the preset's; paper: main ablation)")
     ap.add_argument("--seeds", nargs="+", type=int, help="override the preset's main seeds")
     ap.add_argument("--steps", type=int, help="override the preset's steps per run")
     ap.add_argument("--skew", default=None,

@@ -99,3 +99,66 @@ def test_plan_shares_identical_runs_and_covers_the_issue(rep):
     keys = [r.key for r in runs]
     assert len(set(keys)) == len(keys) - len(p.loss_seeds)  # k=64 bucket == main kd-uniform
     assert len({r.dirname for r in runs}) == len(set(keys))  # one directory per distinct run
+
+
+def test_unread_documents_are_exactly_those_after_the_cache(rep, small_corpus, tiny_teacher_dir):
+    import numpy as np
+    from ddk.cache.corpus.packing import document_order, pack_domain
+    from ddk.cache.corpus.sources import DomainSpec, iter_documents
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_teacher_dir)
+    spec = DomainSpec("code", str(small_corpus["code"]))
+    packed = pack_domain(spec, tok, 32, val_sequences=2, max_train_sequences=8)
+    stream = np.concatenate([packed.validation.reshape(-1), packed.train.reshape(-1)])
+    unread = rep.unread_documents(spec, tok, stream.size)
+
+    docs = list(iter_documents(spec))
+    order = document_order(len(docs), 0, "code")
+    read = [docs[i] for i in order[:len(docs) - len(unread)]]
+    ids = [t for d in read for t in tok(d, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]]
+    assert ids[:stream.size] == stream.tolist()  # the cache holds the read documents' tokens
+    last = len(tok(read[-1], add_special_tokens=False)["input_ids"]) + 1
+    assert len(ids) - last < stream.size  # ... and needed the last one of them
+    assert unread and set(unread).isdisjoint(read)
+    assert unread == [docs[i] for i in order[len(read):]]
+
+
+@pytest.mark.slow
+def test_paper_preset_drops_layers_heals_and_tests_on_unread_documents(
+        rep, tiny_teacher_dir, corpus_dir, tmp_path):
+    from transformers import AutoConfig
+
+    out = tmp_path / "paper"
+    argv = ["--preset", "paper-smoke", "--teacher", str(tiny_teacher_dir), "--corpus",
+            str(corpus_dir), "--out", str(out), "-q"]
+    assert rep.main(argv) == 0
+    p = rep.PRESETS["paper-smoke"]
+    result = json.loads((out / "results.json").read_text())
+    summary = result["summary"]
+    assert set(summary) == {"main", "ablation"}  # the preset's groups
+    assert all(v["seeds"] == [0, 1, 2] for v in summary["main"].values())
+
+    n = AutoConfig.from_pretrained(tiny_teacher_dir).num_hidden_layers
+    assert AutoConfig.from_pretrained(out / "student").num_hidden_layers == n - len(p.drop_layers)
+    heal = json.loads((out / "student-pretrain" / "summary.json").read_text())
+    assert heal["method"] == "kd" and heal["steps"] == p.pretrain_steps
+    assert heal["weight_history"][0]["weights"] == pytest.approx([1 / 3] * 3)  # uniform
+
+    # the test set is its own cache, of documents the training cache never read
+    assert result["test_cache"] == str(out / "test-cache")
+    test_docs = {json.loads(ln)["text"] for f in (out / "test-corpus").glob("*.jsonl")
+                 for ln in f.read_text().splitlines()}
+    assert test_docs
+    for d in (out / "runs").iterdir():
+        rec = json.loads((d / "test.json").read_text())
+        assert {t["sequences"] for t in rec["test"]} == {p.val_test}
+        weighted = rec["options"].get("method") == "ddk"
+        # ddk re-weights every K steps; the fixed mixtures are measured once, for the logs
+        assert len(rec["weight_history"]) == (p.steps // rec["options"].get(
+            "interval", p.interval) if weighted else 1)
+    ddk = json.loads((out / "runs" / "method-ddk_seed-0" / "test.json").read_text())
+    assert all("saturation" in h for h in ddk["weight_history"])
+    report = (out / "results.md").read_text()
+    assert "documents the training cache never read" in report
+    assert "### DDK weights, seed 0" in report and "DDK ablations" in report
