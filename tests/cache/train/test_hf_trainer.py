@@ -334,3 +334,16 @@ def test_two_gloo_processes_match_train_student_under_torchrun(train_cache, tiny
     cli_weights = torch.load(tmp_path / "cli-rank0.pt", weights_only=True)
     for k in cli_weights:
         torch.testing.assert_close(weights[0][k], cli_weights[k], rtol=1e-5, atol=1e-7, msg=k)
+
+
+def test_a_saturated_reweighting_is_logged_as_a_warning(train_cache, tiny_student_dir, tmp_path,
+                                                         caplog):
+    from support.students import far_behind_student
+
+    far = far_behind_student(tiny_student_dir, tmp_path / "far")
+    with caplog.at_level("WARNING", logger="ddk.cache.train.hf_trainer"):
+        trainer = _trainer(train_cache, far, tmp_path / "hf", max_steps=1)
+        trainer.train()
+    warned = [r.getMessage() for r in caplog.records if "discrepancy-driven" in r.getMessage()]
+    assert warned and warned[0].startswith("step 0: ") and "one-hot" in warned[0]
+    assert trainer.ddk_mixture.state.history[0]["saturation"]["saturated"] is True
