@@ -576,9 +576,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-q", "--quiet", dest="progress", action="store_false")
     args = ap.parse_args(argv)
     from ddk.cache.errors import DDKError
+    from ddk.cache.teacher.model_dir import transformers_progress
 
     try:
-        run(args)
+        with transformers_progress(args.progress):  # -q: no "Loading weights" bars either
+            run(args)
     except DDKError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
