@@ -261,6 +261,9 @@ def build_test_cache(p: Preset, specs: list[Any], teacher: Path, out: Path,
     from ddk.cache.errors import ConfigError
     from transformers import AutoTokenizer
 
+    if p.train_sequences is None:
+        raise ConfigError("a held-out-document test set needs a train_sequences cap: "
+                          "without one the training cache reads every document")
     corpus = out / "test-corpus"
     if not corpus.is_dir():
         tok = AutoTokenizer.from_pretrained(teacher)
@@ -270,7 +273,7 @@ def build_test_cache(p: Preset, specs: list[Any], teacher: Path, out: Path,
         tmp.mkdir()
         for spec in specs:
             docs = unread_documents(spec, tok, read)
-            if p.train_sequences is None or not docs:
+            if not docs:
                 raise ConfigError(f"domain {spec.name!r} has no documents left for a held-out "
                                   "test set: lower the preset's train_sequences")
             with (tmp / f"{spec.name}.jsonl").open("w") as f:
