@@ -12,9 +12,11 @@ import click
 from click.core import ParameterSource
 from ddk.cache.cache_job.config import (
     BACKENDS,
+    DEFAULT_SAMPLES,
     DEMO_SEQ_LEN,
     DEMO_TRAIN_SEQUENCES,
     DEMO_VAL_SEQUENCES,
+    TARGETS,
     CacheJobConfig,
     describe,
     field_problem,
@@ -135,7 +137,13 @@ def merged_options(ctx: click.Context, config_path: Path | None, **given: Any) -
 @click.option("--backend", type=click.Choice(BACKENDS),
               default=CacheJobConfig.backend, show_default=True)
 @click.option("--k", "k", type=int, default=CacheJobConfig.k, show_default=True,
-              help="Teacher top-k entries stored per position.")
+              help="Teacher top-k entries stored per position (--target topk).")
+@click.option("--target", type=click.Choice(TARGETS), default=CacheJobConfig.target,
+              show_default=True,
+              help="topk: the k most likely tokens + tail mass; sampled: N draws from the "
+                   "teacher's full distribution (unbiased sparse KD, docs/cache-format.md).")
+@click.option("--samples", type=int, default=CacheJobConfig.samples,
+              help=f"Draws per position with --target sampled. [default: {DEFAULT_SAMPLES}]")
 @click.option("--seq-len", type=int, default=CacheJobConfig.seq_len,
               help="Tokens per packed sequence. "
                    f"[default: 512; {DEMO_SEQ_LEN} for the demo corpus]")
@@ -175,7 +183,7 @@ def merged_options(ctx: click.Context, config_path: Path | None, **given: Any) -
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @click.pass_context
 def cache_teacher(ctx: click.Context, config_path: Path | None, **opts: Any) -> None:
-    """Run the teacher once over each domain and store its top-k in a Zarr cache.
+    """Run the teacher once over each domain and store its top-k (or draws) in a Zarr cache.
 
     Safe to interrupt: re-run the same command to continue; a finished store is left
     as it is. Several machines can fill one store with --num-workers/--worker-index.

@@ -16,10 +16,16 @@ from ddk.cache.errors import ConfigError
 from ddk.cache.store.encoding import CODEC_PROFILES, DEFAULT_CODEC_PROFILE, DEFAULT_LOGPROB_STEP
 from ddk.cache.teacher.loading import BACKENDS, TEACHER_DTYPES  # the CLI's choices too
 
+#: counts are stored as uint8 (teacher/sampled.py MAX_DRAWS; not imported: it needs torch)
+MAX_DRAWS = 255
+
 #: budget used when no domains are given (the bundled demo corpus): a few CPU minutes.
 DEMO_TRAIN_SEQUENCES = 24
 DEMO_VAL_SEQUENCES = 8
 DEMO_SEQ_LEN = 256
+#: draws per position of the sampled target (chosen by measurement, docs/codecs.md)
+DEFAULT_SAMPLES = 32
+TARGETS = ("topk", "sampled")
 
 
 @dataclass
@@ -31,6 +37,8 @@ class CacheJobConfig:
     teacher: str | None = None  # None: embedded default (SmolLM2-135M-Instruct)
     backend: str = "transformers"
     k: int = 64
+    target: str = "topk"  # topk, or sampled (RS-KD: `samples` draws per position)
+    samples: int | None = None  # None: DEFAULT_SAMPLES with target sampled
     seq_len: int | None = None  # None: 512, or 256 for the demo corpus
     val_sequences: int | None = None  # None: 500 (paper), or 8 for the demo corpus
     max_train_sequences: int | None = None  # None: all, or 24 for the demo corpus
@@ -64,6 +72,8 @@ def apply_defaults(cfg: CacheJobConfig) -> CacheJobConfig:
         cfg.val_sequences = DEMO_VAL_SEQUENCES if demo else 500
     if cfg.max_train_sequences is None and demo:
         cfg.max_train_sequences = DEMO_TRAIN_SEQUENCES
+    if cfg.samples is None and cfg.target == "sampled":
+        cfg.samples = DEFAULT_SAMPLES
     return cfg
 
 
@@ -71,6 +81,7 @@ def apply_defaults(cfg: CacheJobConfig) -> CacheJobConfig:
 #: may also be None
 _INT_FIELDS: dict[str, tuple[int | None, str]] = {
     "k": (1, ""),
+    "samples": (1, " (or None: the default with --target sampled)"),
     "seq_len": (2, ""),
     "val_sequences": (1, ("; DDK needs validation sequences in every domain (it weights "
                           "domains by the student-teacher loss gap measured on them)")),
@@ -81,7 +92,7 @@ _INT_FIELDS: dict[str, tuple[int | None, str]] = {
     "worker_index": (0, ""),
     "seed": (None, ""),
 }
-_CHOICE_FIELDS = {"backend": BACKENDS, "dtype": TEACHER_DTYPES, "codec_profile": CODEC_PROFILES}
+_CHOICE_FIELDS = {"target": TARGETS, "backend": BACKENDS, "dtype": TEACHER_DTYPES, "codec_profile": CODEC_PROFILES}
 _STRING_FIELDS = ("output", "device")  # non-empty; device existence is checked on loading
 _BOOL_FIELDS = ("overwrite", "progress")
 #: fields without a CLI option of their name: named as fields, the others as --options
@@ -109,7 +120,7 @@ def is_int(value: Any) -> bool:
 
 def _int_problem(name: str, value: Any) -> str | None:
     least, why = _INT_FIELDS[name]
-    if value is None and name == "max_train_sequences":
+    if value is None and name in ("max_train_sequences", "samples"):
         return None
     if not is_int(value):
         return f"must be an integer, got {describe(value)}"
@@ -176,6 +187,17 @@ def validate(cfg: CacheJobConfig) -> None:
         problem = field_problem(f.name, getattr(cfg, f.name))
         if problem is not None:
             raise ConfigError(f"{option_name(f.name)} {problem}")
+    if cfg.target == "sampled":
+        if cfg.samples is not None and cfg.samples > MAX_DRAWS:
+            raise ConfigError(f"--samples must be <= {MAX_DRAWS} (counts are stored as "
+                              f"uint8), got {cfg.samples}")
+        if cfg.backend == "vllm":
+            raise ConfigError("--target sampled draws from the teacher's full distribution, "
+                              "which the vLLM backend does not return (only top log-probs); "
+                              "use --backend transformers, or --target topk with vLLM")
+    elif cfg.samples is not None:
+        raise ConfigError(f"--samples {cfg.samples} applies to --target sampled only; "
+                          "add --target sampled, or drop --samples")
     if cfg.worker_index >= cfg.num_workers:
         raise ConfigError(f"--worker-index must be in [0, {cfg.num_workers - 1}], "
                           f"got {cfg.worker_index}")

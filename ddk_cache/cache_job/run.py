@@ -34,6 +34,7 @@ from ddk.cache.teacher.model_dir import (
     resolve_teacher_path,
     teacher_limits,
 )
+from ddk.cache.teacher.sampled import SampleSpec, sequence_seed
 from tqdm.auto import tqdm
 
 
@@ -66,10 +67,16 @@ def build_metadata(cfg: CacheJobConfig, teacher_path: Path, tokenizer: Any,
     """The store's root metadata; everything that must match for a resume is in here."""
     identity = teacher_identity(teacher_path)
     specs = {s.name: s for s in cfg.domains}
+    sampled = cfg.target == "sampled"
+    # a top-k store is format 1, as before the sampled target existed: older ddk reads it,
+    # and caches built before resume as the same job
+    target = {"target": {"kind": "sampled", "draws": cfg.samples, "temperature": 1.0}
+              } if sampled else {}
     return {
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if sampled else 1,
         "created_by": f"ddk {_ddk_version()}",
-        "k": cfg.k,
+        "k": cfg.samples if sampled else cfg.k,  # slots per position
+        **target,
         "seq_len": cfg.seq_len,
         "teacher": {**identity, "vocab_size": vocab_size, "backend": cfg.backend,
                     "dtype": cfg.dtype},
@@ -141,7 +148,10 @@ def _teacher_vocab(cfg: CacheJobConfig, teacher_path: Path) -> int:
     """The teacher's vocabulary size, once k and seq_len are checked against its config
     (before any weights are loaded)."""
     vocab_size, max_positions = teacher_limits(teacher_path)
-    if cfg.k > vocab_size:
+    if cfg.target == "sampled" and int(cfg.samples or 0) > vocab_size:
+        raise ConfigError(f"--samples {cfg.samples} exceeds the teacher's vocabulary "
+                          f"({vocab_size}); lower --samples")
+    if cfg.target == "topk" and cfg.k > vocab_size:
         raise ConfigError(f"--k {cfg.k} exceeds the teacher's vocabulary ({vocab_size})")
     if max_positions is not None and cfg.seq_len > int(max_positions):
         raise ConfigError(f"--seq-len {cfg.seq_len} exceeds the teacher's maximum sequence "
@@ -156,16 +166,21 @@ def _score_shards(cfg: CacheJobConfig, writer: CacheWriter, todo: list[tuple[str
     # transformers: fixed batches (memory bound); vLLM batches internally, so give it shards.
     step = cfg.batch_size if backend.backend_name == "transformers" else cfg.sequences_per_shard
     teacher_seconds = 0.0
+    what = f"{cfg.samples} draws" if cfg.target == "sampled" else f"top-{cfg.k}"
     bar = tqdm(total=tokens, unit="tok", unit_scale=True, disable=not cfg.progress,
-               desc=f"teacher top-{cfg.k} ({cfg.backend})", dynamic_ncols=True)
+               desc=f"teacher {what} ({cfg.backend})", dynamic_ncols=True)
     try:
         for domain, split, shard in todo:
             start, stop = writer.shard_range(domain, split, shard)
             seqs = getattr(by_name[domain], split)[start:stop]
             parts = []
             for b in range(0, len(seqs), step):
+                rows = range(start + b, start + min(b + step, len(seqs)))
+                sample = None if cfg.target != "sampled" else SampleSpec(
+                    int(cfg.samples or 0),
+                    tuple(sequence_seed(cfg.seed, domain, split, i) for i in rows))
                 t = time.perf_counter()
-                parts.append(backend.score(seqs[b:b + step], cfg.k))
+                parts.append(backend.score(seqs[b:b + step], cfg.k, sample=sample))
                 teacher_seconds += time.perf_counter() - t
                 bar.update(len(seqs[b:b + step]) * cfg.seq_len)
             writer.write_shard(domain, split, shard, seqs, TeacherScores.concat(parts))
@@ -209,7 +224,7 @@ def run_cache_job(cfg: CacheJobConfig) -> CacheJobResult:
         cfg.backend, teacher_path, dtype=cfg.dtype, device=cfg.device, seed=cfg.seed, k=cfg.k,
         batch_size=cfg.batch_size, engine_options=cfg.engine_options, progress=cfg.progress)
     try:
-        if backend is not None and backend.vocab_size < cfg.k:
+        if backend is not None and cfg.target == "topk" and backend.vocab_size < cfg.k:
             raise ConfigError(f"--k {cfg.k} exceeds the teacher's vocabulary "
                               f"({backend.vocab_size})")
         writer = CacheWriter.open(cfg.output, meta, overwrite=cfg.overwrite)

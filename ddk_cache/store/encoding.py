@@ -82,7 +82,8 @@ def codec_pipeline(profile: str, array_name: str, dtype: str) -> dict[str, Any]:
                        deltas are small), everything else plain; zstd-9
       blosc-shuffle    blosc(zstd-5) with byte shuffle (groups high and low id bytes)
       pcodec           pcodec level 8 (numcodecs.pcodec; needs the `pcodec` package to
-                       write and to read), log-prob codes delta-coded first
+                       write and to read), log-prob codes delta-coded first; the uint8
+                       sample counts of a sampled target get zstd-9 (pcodec has no 8-bit)
     """
     delta = [Delta(dtype=dtype)] if array_name == "topk_logprobs" else []
     if profile == "zstd":
@@ -94,6 +95,8 @@ def codec_pipeline(profile: str, array_name: str, dtype: str) -> dict[str, Any]:
                 "compressors": [BloscCodec(cname="zstd", clevel=5, shuffle="shuffle"),
                                 Crc32cCodec()]}
     if profile == "pcodec":
+        if dtype == "uint8":  # sample counts: pcodec does not take 8-bit values
+            return {"filters": [], "compressors": _zstd(9)}
         return {"filters": delta, "serializer": PCodec(level=8),
                 "compressors": [Crc32cCodec()]}
     raise ValueError(f"unknown codec profile {profile!r}; known: {', '.join(CODEC_PROFILES)}")

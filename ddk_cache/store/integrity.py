@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import zarr
-from ddk.cache.store.layout import SPLITS, num_shards, split_arrays
+from ddk.cache.store.layout import SPLITS, num_shards, split_arrays, target_kind
 from tqdm.auto import tqdm
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
@@ -203,12 +203,14 @@ def _record(data: bytes | None) -> list[int]:
     return [1, 0, 0] if data is None else [1, len(data), zlib.crc32(data)]
 
 
-def record_shard(group: zarr.Group, domain: str, split: str, shard: int) -> None:
+def record_shard(group: zarr.Group, domain: str, split: str, shard: int,
+                 kind: str = "topk") -> None:
     """Write the manifest row of a shard whose arrays are written (the cache writer calls
-    it just before setting the shard's done flag): each object is read back once."""
+    it just before setting the shard's done flag): each object is read back once.
+    `kind` is the cache's target kind (layout.target_kind)."""
     g = group[f"{domain}/{split}"]
     rows = [_record(read_object(group.store, shard_key(g[name], shard)))
-            for name in split_arrays(split)]
+            for name in split_arrays(split, kind)]
     g[MANIFEST_ARRAY][shard] = np.asarray(rows, dtype=np.uint64)
 
 
@@ -217,8 +219,8 @@ def has_manifest(meta: Mapping[str, Any]) -> bool:
     return "shard_manifest" in meta
 
 
-def manifest_shape(split: str, n_shards: int) -> tuple[int, int, int]:
-    return (n_shards, len(split_arrays(split)), MANIFEST_COLUMNS)
+def manifest_shape(split: str, n_shards: int, kind: str = "topk") -> tuple[int, int, int]:
+    return (n_shards, len(split_arrays(split, kind)), MANIFEST_COLUMNS)
 
 
 # -- checks -----------------------------------------------------------------------------
@@ -242,6 +244,7 @@ class _SplitCheck:
         self.n_shards = num_shards(n, int(meta["sequences_per_shard"]))
         self.complete = bool(meta.get("complete", False))
         self.has_manifest = has_manifest(meta)
+        self.kind = target_kind(meta)
         self.seen: set[tuple[str, int | None]] = set()
 
     def damage(self, shard: int | None, key: str, problem: str) -> None:
@@ -274,7 +277,8 @@ class _SplitCheck:
             return None
         rows = self.rows(MANIFEST_ARRAY)
         if rows is None:
-            return np.zeros(manifest_shape(self.split, self.n_shards), dtype=np.uint64)
+            return np.zeros(manifest_shape(self.split, self.n_shards, self.kind),
+                            dtype=np.uint64)
         return rows
 
     def run(self, shards: Collection[int] | None) -> Iterator[_Object]:
@@ -290,7 +294,7 @@ class _SplitCheck:
                 self.damage(s, f"{self.prefix}/shard_done/zarr.json", "array metadata missing")
             return
         arrays = {name: _node(self.group, f"{self.domain}/{self.split}/{name}")
-                  for name in split_arrays(self.split)}
+                  for name in split_arrays(self.split, self.kind)}
         for name, arr in arrays.items():
             if arr is None:
                 self.damage(None, f"{self.prefix}/{name}/zarr.json", "array metadata missing")

@@ -8,6 +8,9 @@ Layout (specified in docs/cache-format.md, readable with plain zarr):
         topk_ids       [n, L-1, k]     teacher top-k ids, rank order
         topk_logprobs  [n, L-1, k]     uint16 quantised log-probs (encoding.py)
         tail_logmass   [n, L-1]        uint16 quantised log(1 - sum top-k probs)
+          or, for a sampled target (format 2, metadata "target": {"kind": "sampled"}):
+        sample_ids     [n, L-1, N]     drawn ids, then padding ids (teacher/sampled.py)
+        sample_counts  [n, L-1, N]     uint8 draw counts (0: padding); weight = count / N
         target_logprob [n, L-1]        float32 teacher log-prob of the next token (validation only)
         shard_manifest [num_shards, arrays, 3]  uint64, per array: written, bytes, CRC-32
         shard_done     [num_shards]    uint8, 1 once every array of that shard is written
@@ -35,7 +38,9 @@ from ddk.cache.errors import StoreError
 # The numcodecs Delta filter is part of the documented format; readers need zarr + numcodecs.
 warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr version 3")
 
-FORMAT_VERSION = 1
+#: 2 added the sampled target (metadata "target"); a store without "target" is top-k.
+FORMAT_VERSION = 2
+TARGET_KINDS = ("topk", "sampled")
 SPLITS = ("train", "validation")
 META_KEY = "ddk"
 
@@ -174,9 +179,16 @@ def diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix]
 
 
-def split_arrays(split: str) -> list[str]:
+def target_kind(meta: dict[str, Any]) -> str:
+    """"topk" or "sampled": the kind of teacher target the cache stores."""
+    return str(meta.get("target", {}).get("kind", "topk"))
+
+
+def split_arrays(split: str, kind: str = "topk") -> list[str]:
     """The data arrays of one split, in layout order (target_logprob is validation only)."""
-    names = ["input_ids", "topk_ids", "topk_logprobs", "tail_logmass"]
+    target = ["sample_ids", "sample_counts"] if kind == "sampled" else [
+        "topk_ids", "topk_logprobs", "tail_logmass"]
+    names = ["input_ids", *target]
     return names + ["target_logprob"] if split == "validation" else names
 
 

@@ -18,8 +18,10 @@ from ddk.cache.store.layout import (
     META_KEY,
     SPLITS,
     local_path,
+    target_kind,
     zarr_target,
 )
+from ddk.cache.teacher.sampled import sampled_target
 
 
 def read_rows(arr: zarr.Array, indices: np.ndarray) -> np.ndarray:
@@ -63,7 +65,11 @@ def _store_location(arr: zarr.Array) -> str:
 
 @dataclass(frozen=True)
 class CachedBatch:
-    """Sequences read back from the cache, as CPU tensors (see CacheReader.read)."""
+    """Sequences read back from the cache, as CPU tensors (see CacheReader.read).
+
+    topk_* hold the sparse teacher target whatever its kind: for a sampled cache the
+    drawn ids with log(count / N) (-inf on padding) and a tail of -inf (no tail).
+    """
 
     input_ids: torch.Tensor      # int64 [B, L]
     topk_ids: torch.Tensor       # int64 [B, L-1, k]
@@ -117,6 +123,17 @@ class CacheReader:
         return int(self.meta["k"])
 
     @property
+    def target_kind(self) -> str:
+        """"topk" or "sampled" (teacher/sampled.py)."""
+        return target_kind(self.meta)
+
+    @property
+    def sample_draws(self) -> int | None:
+        """Draws per position of a sampled cache (None for top-k)."""
+        draws = self.meta.get("target", {}).get("draws")
+        return None if draws is None else int(draws)
+
+    @property
     def seq_len(self) -> int:
         return int(self.meta["seq_len"])
 
@@ -147,7 +164,7 @@ class CacheReader:
         return self.num_sequences(domain, split) * self.seq_len
 
     def chunk_sequences(self, domain: str, split: str) -> int:
-        return int(self.array(domain, split, "topk_ids").chunks[0])
+        return int(self.array(domain, split, "input_ids").chunks[0])
 
     def array(self, domain: str, split: str, name: str) -> zarr.Array:
         key = (domain, split, name)
@@ -195,8 +212,14 @@ class CacheReader:
         def rows(name: str) -> np.ndarray:
             return self._read_rows(self.array(domain, split, name), idx)
 
+        input_ids = torch.from_numpy(rows("input_ids").astype(np.int64))
+        if self.target_kind == "sampled":
+            ids, logw = sampled_target(rows("sample_ids"), rows("sample_counts"),
+                                       int(self.sample_draws or 0))
+            return CachedBatch(input_ids=input_ids, topk_ids=ids, topk_logprobs=logw,
+                               tail_logmass=torch.full(logw.shape[:-1], float("-inf")))
         return CachedBatch(
-            input_ids=torch.from_numpy(rows("input_ids").astype(np.int64)),
+            input_ids=input_ids,
             topk_ids=torch.from_numpy(rows("topk_ids").astype(np.int64)),
             topk_logprobs=torch.from_numpy(dequantize_logprobs(rows("topk_logprobs"), step)),
             tail_logmass=torch.from_numpy(dequantize_logprobs(rows("tail_logmass"), step)),

@@ -30,6 +30,7 @@ from ddk.cache.store.layout import (
     job_key,
     num_shards,
     split_arrays,
+    target_kind,
     zarr_target,
 )
 from ddk.cache.teacher.backend import TeacherScores
@@ -46,6 +47,7 @@ class CacheWriter:
         self.meta = meta
         self.encoding = Encoding.from_json(meta["encoding"])
         self.sequences_per_shard = int(meta["sequences_per_shard"])
+        self.target = target_kind(meta)
 
     @staticmethod
     def existing(path: str, meta: dict[str, Any], *, overwrite: bool = False
@@ -104,12 +106,14 @@ class CacheWriter:
             for split in SPLITS:
                 n = int(info[f"{split}_sequences"])
                 g = _require_group(self.group, f"{domain}/{split}")
-                specs: list[tuple[str, tuple[int, ...], str]] = [
-                    ("input_ids", (n, L), ids),
-                    ("topk_ids", (n, L - 1, k), ids),
-                    ("topk_logprobs", (n, L - 1, k), "uint16"),
-                    ("tail_logmass", (n, L - 1), "uint16"),
-                ]
+                specs: list[tuple[str, tuple[int, ...], str]] = [("input_ids", (n, L), ids)]
+                if self.target == "sampled":  # k = N slots per position (teacher/sampled.py)
+                    specs += [("sample_ids", (n, L - 1, k), ids),
+                              ("sample_counts", (n, L - 1, k), "uint8")]
+                else:
+                    specs += [("topk_ids", (n, L - 1, k), ids),
+                              ("topk_logprobs", (n, L - 1, k), "uint16"),
+                              ("tail_logmass", (n, L - 1), "uint16")]
                 if split == "validation":
                     specs.append(("target_logprob", (n, L - 1), "float32"))
                 for name, shape, dtype in specs:
@@ -119,7 +123,7 @@ class CacheWriter:
                     shard = (max(1, min(S, n)),) + shape[1:]
                     _create_array(g, name, shape=shape, dtype=dtype, chunks=chunk, shards=shard,
                                   **codec_pipeline(self.encoding.codec_profile, name, dtype))
-                manifest = manifest_shape(split, num_shards(n, S))
+                manifest = manifest_shape(split, num_shards(n, S), self.target)
                 for name, shape, chunk, dtype, compressors in (
                         (MANIFEST_ARRAY, manifest, (1,) + manifest[1:], "uint64",
                          [Crc32cCodec()]),
@@ -162,17 +166,23 @@ class CacheWriter:
         g = self.group[f"{domain}/{split}"]
         # what an earlier, killed or damaged write left of this shard goes first: zarr
         # merges a shard write with the existing object, and a torn one cannot be read
-        for name in split_arrays(split):
+        for name in split_arrays(split, self.target):
             sync(self.group.store.delete(shard_key(g[name], shard)))
         step = self.encoding.logprob_step
         ids = self.encoding.id_dtype
         g["input_ids"][start:stop] = input_ids.astype(ids)
-        g["topk_ids"][start:stop] = scores.topk_ids.astype(ids)
-        g["topk_logprobs"][start:stop] = quantize_logprobs(scores.topk_logprobs, step)
-        g["tail_logmass"][start:stop] = quantize_logprobs(scores.tail_logmass, step)
+        if self.target == "sampled":
+            if scores.sample_ids is None or scores.sample_counts is None:
+                raise ValueError("a sampled-target cache needs sampled teacher scores")
+            g["sample_ids"][start:stop] = scores.sample_ids.astype(ids)
+            g["sample_counts"][start:stop] = scores.sample_counts.astype(np.uint8)
+        else:
+            g["topk_ids"][start:stop] = scores.topk_ids.astype(ids)
+            g["topk_logprobs"][start:stop] = quantize_logprobs(scores.topk_logprobs, step)
+            g["tail_logmass"][start:stop] = quantize_logprobs(scores.tail_logmass, step)
         if split == "validation":
             g["target_logprob"][start:stop] = scores.target_logprob.astype(np.float32)
-        record_shard(self.group, domain, split, shard)
+        record_shard(self.group, domain, split, shard, self.target)
         g["shard_done"][shard] = 1
 
     def missing_shards(self) -> dict[tuple[str, str], list[int]]:

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ddk.cache.teacher.sampled import SampleSpec
 
 
 @dataclass(frozen=True)
@@ -25,19 +28,28 @@ class TeacherScores:
     tail_logmass:   [B, T] float32, log(1 - sum exp(topk_logprobs)); -inf when k == vocab.
     target_logprob: [B, T] float32, log-prob of the actual next token input_ids[:, 1:]
                     (its negation is the teacher's exact full-vocabulary CE per token).
+    sample_ids, sample_counts: [B, T, N] int32 / uint8, the sampled target instead of the
+                    three top-k fields (teacher/sampled.py); None for a top-k target.
     """
 
-    topk_ids: np.ndarray
-    topk_logprobs: np.ndarray
-    tail_logmass: np.ndarray
+    topk_ids: np.ndarray | None
+    topk_logprobs: np.ndarray | None
+    tail_logmass: np.ndarray | None
     target_logprob: np.ndarray
+    sample_ids: np.ndarray | None = None
+    sample_counts: np.ndarray | None = None
 
     @classmethod
     def concat(cls, parts: Sequence[TeacherScores]) -> TeacherScores:
         """Stack the scores of consecutive batches along the sequence axis."""
         if len(parts) == 1:
             return parts[0]
-        return cls(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(cls)))
+
+        def stacked(name: str) -> np.ndarray | None:
+            values = [getattr(p, name) for p in parts]
+            return None if values[0] is None else np.concatenate(values)
+
+        return cls(**{f.name: stacked(f.name) for f in fields(cls)})
 
 
 @runtime_checkable
@@ -56,8 +68,13 @@ class TeacherBackend(Protocol):
     #: identity recorded in the store metadata: name/path, config hash, weights fingerprint.
     identity: dict[str, Any]
 
-    def score(self, input_ids: np.ndarray, k: int) -> TeacherScores:
-        """Score a [B, L] int array of token ids; returns positions 0..L-2 (see module doc)."""
+    def score(self, input_ids: np.ndarray, k: int, *, sample: SampleSpec | None = None
+              ) -> TeacherScores:
+        """Score a [B, L] int array of token ids; returns positions 0..L-2 (see module doc).
+
+        With `sample` the sampled target is returned instead of the top-k (backends that
+        see full logits; vLLM refuses it at config time, cache_job/config.py).
+        """
         ...
 
     def close(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from ddk.cache.teacher.backend import TeacherScores
+from ddk.cache.teacher.sampled import SampleSpec, sampled_from_logits
 
 
 def scores_from_logits(logits: torch.Tensor, input_ids: torch.Tensor, k: int) -> TeacherScores:
@@ -38,6 +39,20 @@ def scores_from_logits(logits: torch.Tensor, input_ids: torch.Tensor, k: int) ->
         tail_logmass=tail.cpu().numpy().astype(np.float32),
         target_logprob=(target_logit - lse).cpu().numpy().astype(np.float32),
     )
+
+
+def sampled_scores_from_logits(logits: torch.Tensor, input_ids: torch.Tensor,
+                               sample: SampleSpec) -> TeacherScores:
+    """The sampled target (teacher/sampled.py) and the exact next-token log-prob from
+    [B, L, V] logits; positions 0..L-2 as in `scores_from_logits`."""
+    logits = logits[:, :-1, :].float()
+    targets = input_ids[:, 1:].to(logits.device, torch.int64)
+    lse = torch.logsumexp(logits, dim=-1)
+    target_logit = torch.gather(logits, -1, targets.unsqueeze(-1)).squeeze(-1)
+    sample_ids, sample_counts = sampled_from_logits(logits, sample)
+    return TeacherScores(topk_ids=None, topk_logprobs=None, tail_logmass=None,
+                         target_logprob=(target_logit - lse).cpu().numpy().astype(np.float32),
+                         sample_ids=sample_ids, sample_counts=sample_counts)
 
 
 def tail_from_topk_logprobs(topk_logprobs: np.ndarray) -> np.ndarray:

@@ -12,7 +12,8 @@ from ddk.cache.errors import TeacherError
 from ddk.cache.teacher.backend import TeacherScores
 from ddk.cache.teacher.identity import teacher_identity
 from ddk.cache.teacher.model_dir import describe_error, model_load_errors, transformers_progress
-from ddk.cache.teacher.topk import scores_from_logits
+from ddk.cache.teacher.sampled import SampleSpec
+from ddk.cache.teacher.topk import sampled_scores_from_logits, scores_from_logits
 
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32,
            "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -65,14 +66,19 @@ class TransformersTeacher:
         self.max_batch_tokens = max_batch_tokens
 
     @torch.inference_mode()
-    def score(self, input_ids: np.ndarray, k: int) -> TeacherScores:
+    def score(self, input_ids: np.ndarray, k: int, *, sample: SampleSpec | None = None
+              ) -> TeacherScores:
         ids = torch.as_tensor(np.asarray(input_ids, dtype=np.int64))
         rows = max(1, self.max_batch_tokens // ids.shape[1])
         parts = []
         for start in range(0, ids.shape[0], rows):
             batch = ids[start:start + rows].to(self.device)
             logits = self.model(input_ids=batch, use_cache=False).logits
-            parts.append(scores_from_logits(logits, batch, k))
+            if sample is None:
+                parts.append(scores_from_logits(logits, batch, k))
+            else:
+                parts.append(sampled_scores_from_logits(
+                    logits, batch, sample.rows(start, start + batch.shape[0])))
             del logits
         return TeacherScores.concat(parts)
 
