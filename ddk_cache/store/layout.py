@@ -107,6 +107,10 @@ def output_state(path: str) -> OutputState:
     if not local.is_dir() or not any(local.iterdir()):
         return OutputState("absent")
     meta = _root_meta(local)
+    if meta is None and [p.name for p in local.iterdir()] == ["zarr.json"]:
+        # an empty Zarr group: what a worker started at the same moment has just created,
+        # before it records the ddk metadata; writing into it deletes nothing
+        return OutputState("absent")
     foreign = _foreign_entries(local)
     return OutputState("foreign" if meta is None else "ddk", meta, foreign)
 

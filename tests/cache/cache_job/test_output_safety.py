@@ -88,6 +88,17 @@ def test_empty_directory_is_a_fine_output(tmp_path, small_corpus, tiny_teacher_d
     assert run_cache_job(job(out, small_corpus, tiny_teacher_dir)).complete
 
 
+def test_empty_zarr_group_is_a_fine_output(tmp_path, small_corpus, tiny_teacher_dir):
+    """What a worker started at the same moment leaves for an instant: the root zarr.json,
+    before the ddk metadata is in it. A second worker must not refuse it as foreign."""
+    import zarr
+
+    out = tmp_path / "racing"
+    zarr.open_group(str(out), mode="w")
+    assert [p.name for p in out.iterdir()] == ["zarr.json"]
+    assert run_cache_job(job(out, small_corpus, tiny_teacher_dir)).complete
+
+
 def test_foreign_zarr_store_is_refused(tmp_path, small_corpus, tiny_teacher_dir):
     import zarr
 
