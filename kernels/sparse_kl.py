@@ -111,7 +111,10 @@ def sparse_kl_loss(
         kl_weight, ce_weight: weights of the two terms (>= 0).
         temperature: T > 0; the student is softmax(z / T), the KL is scaled by T^2 (docs).
         tail: "bucket" (default: k cached tokens + one tail bucket, teacher unscaled) or
-            "renorm" (teacher top-k renormalised to 1, no tail bucket).
+            "renorm" (teacher top-k renormalised to 1, no tail bucket), or "none" (the
+            entries are the whole target, weights summing to 1 with -inf on padding: a
+            sampled teacher target; tail_logprob is ignored and temperature must be 1).
+            Padding entries need distinct ids too (the sampled cache stores such ids).
         reduction: "mean" over non-ignored rows (0 when there are none), "sum" or "none"
             (per-row [N], ignored rows 0).
         inplace_grad: write the gradient into student_logits' buffer (saves N x V memory,

@@ -1,5 +1,8 @@
 """The teacher side of the loss target: cached top-k log-probs (+ tail) -> coarsened target.
 
+A sampled target (ids drawn from the teacher with weights count / N) comes in as the
+same [N, k] log-probs with tail="none": the entries are the whole target.
+
 Every backend (Triton, chunked PyTorch, the float64 oracle) receives the same prepared
 target: `a` [N, k] = log p_i of the k cached tokens and `b` [N] = log p_tail of the tail
 bucket, already tempered and (for tail="renorm") renormalised. The tensors are tiny
@@ -43,6 +46,8 @@ def prepare_teacher_target(
     - tail="bucket", T != 1: the (k + 1)-outcome distribution is tempered as a whole:
       a_i = a_i / T - Z, b = b / T - Z, Z = logsumexp([a / T, b / T]) (tail treated as one outcome).
     - tail="renorm": a = log_softmax(a / T), b = -inf (no tail bucket).
+    - tail="none": a as given, b = -inf: the entries are the whole target (a sampled
+      teacher target: log(count / N), -inf on padding; T is 1, validate.check_options).
     Rows that are not `active` (ignored labels) get a = b = -inf so that garbage there
     (NaN, padding) can never leak into the loss or the gradient.
     """
@@ -50,6 +55,8 @@ def prepare_teacher_target(
     a = topk_logprobs.to(dtype)
     if tail == "renorm":
         a = torch.log_softmax(a / temperature, dim=-1)
+        b = torch.full((n,), float("-inf"), dtype=dtype, device=a.device)
+    elif tail == "none":
         b = torch.full((n,), float("-inf"), dtype=dtype, device=a.device)
     else:
         if k >= vocab_size:

@@ -17,7 +17,7 @@ from ddk.kernels.errors import SparseKLInputError
 LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 ID_DTYPES = (torch.int32, torch.int64)
 LOGPROB_DTYPES = (torch.float16, torch.float32, torch.bfloat16, torch.float64)
-TAIL_MODES = ("bucket", "renorm")
+TAIL_MODES = ("bucket", "renorm", "none")
 REDUCTIONS = ("mean", "sum", "none")
 
 # A log-prob above this is not a log-prob (allows fp16 rounding of values just below 0).
@@ -53,6 +53,12 @@ def check_options(
         raise _err(f"temperature must be a finite float > 0, got {temperature!r}")
     if tail not in TAIL_MODES:
         raise _err(f"tail must be one of {TAIL_MODES}, got {tail!r}")
+    if tail == "none" and temperature != 1.0:
+        raise _err(
+            f"tail='none' takes the target as given (a sampled teacher target, an unbiased "
+            f"estimate of the teacher at temperature 1), so temperature must be 1.0, got "
+            f"{temperature!r}"
+        )
     if reduction not in REDUCTIONS:
         raise _err(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if ce_weight > 0 and not has_labels:
@@ -143,6 +149,7 @@ def check_values(
         tail_logprob,
         active,
         tail_bucket=tail == "bucket" and ids.shape[1] < vocab_size,
+        whole=tail == "none",
     )
     if labels is not None:
         lab = labels.long()
@@ -182,11 +189,13 @@ def _logprob_checks(
     active: torch.Tensor,
     *,
     tail_bucket: bool,
+    whole: bool = False,
 ) -> list[_Check]:
     """Teacher log-probs that are log-probs: no NaN, none > 0, mass 1 (bucket) or <= 1, not 0.
 
     tail_bucket: the tail is a bucket of its own (tail="bucket" and k < V), so the cached
-    mass plus the tail's must be 1.
+    mass plus the tail's must be 1. whole: the entries are the whole target (tail="none"),
+    so their mass must be 1.
     """
     act = active.unsqueeze(-1)
     lp = topk_logprobs.float()
@@ -221,6 +230,17 @@ def _logprob_checks(
                     ),
                 )
             )
+    if whole:
+        checks.append(
+            (
+                ((p_sum - 1.0).abs() > _MASS_TOL) & active,
+                (
+                    f"sum(exp(topk_logprobs)) is not 1 (tolerance {_MASS_TOL}); with "
+                    "tail='none' the entries are the whole target (weights summing to 1, "
+                    "-inf for padding)"
+                ),
+            )
+        )
     checks.append(
         (
             (p_sum > 1.0 + _MASS_TOL) & active,

@@ -61,8 +61,20 @@ class TrainConfig:
         """Tokens one optimizer step trains on, over all `world` ranks."""
         return self.batch_size * self.grad_accum * world * seq_len
 
-    def check_cache_k(self, k: int) -> None:
-        """ConfigError if --kd-topk asks for more entries than the cache holds (k)."""
+    def check_cache_target(self, k: int, kind: str = "topk") -> None:
+        """ConfigError if the KD options do not fit the cache's target: --kd-topk beyond
+        its k, or options that shape a top-k target used with a sampled one (whose batches
+        carry a tail of -inf, so the loss's "bucket" mode is exactly its target as given)."""
+        if kind == "sampled":
+            if self.kd_topk is not None or self.kd_tail != "bucket":
+                raise ConfigError("--kd-topk and --kd-tail shape a top-k target; this cache "
+                                  "holds a sampled target (draws, no ranking, no tail): "
+                                  "drop them")
+            if self.temperature != 1.0 and self.method != "cpt":
+                raise ConfigError(f"a sampled target is an unbiased estimate of the teacher "
+                                  f"at temperature 1; --temperature {self.temperature} would "
+                                  "bias it: use --temperature 1, or a top-k cache")
+            return
         if self.kd_topk is not None and self.kd_topk > k:
             raise ConfigError(f"--kd-topk {self.kd_topk} exceeds the cache's k = {k}; "
                               f"pass --kd-topk <= {k} or rebuild the cache with a larger k")

@@ -197,7 +197,7 @@ class DDKTrainer(Trainer):
             log.warning("DDKTrainer: no processing_class given, so the student's tokenizer "
                         "cannot be checked against the cache's; pass processing_class=tokenizer")
         check_student(model.config, tokenizer, self.reader)
-        self.ddk_config.check_cache_k(self.reader.k)
+        self.ddk_config.check_cache_target(self.reader.k, self.reader.target_kind)
 
     def _zero3(self) -> bool:
         plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)

@@ -248,7 +248,7 @@ def _load_models(cfg: TrainConfig, d: Dist) -> tuple[Any, torch.nn.Module, Any,
     """(cache reader, student, tokenizer, online teacher or None), each checked."""
     reader = open_cache(cfg.cache)
     model, tokenizer = load_student(cfg.student, reader, progress=cfg.progress)
-    cfg.check_cache_k(reader.k)
+    cfg.check_cache_target(reader.k, reader.target_kind)
     teacher = (None if cfg.online_teacher is None
                else load_online_teacher(cfg.online_teacher, reader, d.device))
     return reader, model, tokenizer, teacher
