@@ -149,3 +149,12 @@ def train_cache(tmp_path_factory, tiny_teacher_dir) -> Path:
     from support.train_cache import build_cache
 
     return build_cache(tmp_path_factory.getbasetemp() / "ddk-train", tiny_teacher_dir)
+
+
+@pytest.fixture(scope="session")
+def sampled_train_cache(tmp_path_factory, tiny_teacher_dir) -> Path:
+    """The train_cache corpus with a sampled teacher target (8 draws per position)."""
+    from support.train_cache import build_cache
+
+    return build_cache(tmp_path_factory.getbasetemp() / "ddk-train", tiny_teacher_dir,
+                       name="sampled-cache", target="sampled", samples=8)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 CACHE_SEQ_LEN = 32
 CACHE_K = 8
@@ -38,7 +39,8 @@ def write_corpus(root: Path, docs_per_domain: int | None = None) -> dict[str, Pa
 
 
 def build_cache(root: Path, teacher_dir: Path, *, val_sequences: int = 6,
-                max_train_sequences: int | None = None, name: str = "cache") -> Path:
+                max_train_sequences: int | None = None, name: str = "cache",
+                **job: Any) -> Path:
     """Build (or reuse, if already complete) a cache under `root`; returns its path."""
     from ddk.cache.cache_job.config import CacheJobConfig
     from ddk.cache.cache_job.run import run_cache_job
@@ -58,7 +60,7 @@ def build_cache(root: Path, teacher_dir: Path, *, val_sequences: int = 6,
         domains=[DomainSpec(n, str(p)) for n, p in corpus.items()],
         k=CACHE_K, seq_len=CACHE_SEQ_LEN, val_sequences=val_sequences,
         max_train_sequences=max_train_sequences, batch_size=16, sequences_per_shard=8,
-        device="cpu", progress=False)
+        device="cpu", progress=False, **job)
     result = run_cache_job(cfg)
     assert result.complete
     return out

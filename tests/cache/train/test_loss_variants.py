@@ -414,3 +414,56 @@ def test_evaluate_domains_from_first_scores_the_later_sequences(train_cache, tin
     with pytest.raises(ConfigError, match="validation sequences"):
         evaluate_domains(model, reader, max_sequences=1,
                          first=max(reader.num_sequences(d, "validation") for d in reader.domains))
+
+
+# -- 7. a sampled-target cache ------------------------------------------------------------------
+def test_kd_on_a_sampled_cache_logs_the_kl_of_the_drawn_target(sampled_train_cache,
+                                                              tiny_student_dir, tmp_path,
+                                                              drawn):
+    """The step-0 kl is KL(q || student) with q = count / N of the stored draws, computed
+    here in float64 from the raw stored counts of the very sequences the run drew."""
+    import numpy as np
+    from ddk.cache.train.loop import train
+    from ddk.cache.train.training_cache import open_cache
+
+    reader = open_cache(sampled_train_cache)
+    assert reader.target_kind == "sampled"
+    out = tmp_path / "sampled"
+    res = train(_cfg(sampled_train_cache, tiny_student_dir, out, gamma=GAMMA))
+    assert res.steps == 1
+    step0 = _records(out, "step")[0]
+    batch = drawn[0]
+    # the stored arrays of the drawn sequences, found by their tokens
+    q_rows, id_rows = [], []
+    for seq in batch.input_ids:
+        for d in reader.domains:
+            stored = np.asarray(reader.group[f"{d}/train/input_ids"][:], dtype=np.int64)
+            hit = np.nonzero((stored == seq.numpy()).all(-1))[0]
+            if hit.size:
+                i = int(hit[0])
+                id_rows.append(torch.as_tensor(
+                    reader.group[f"{d}/train/sample_ids"][i].astype(np.int64)))
+                q_rows.append(torch.as_tensor(
+                    reader.group[f"{d}/train/sample_counts"][i].astype(np.float64)) / 8)
+                break
+    assert len(q_rows) == batch.input_ids.shape[0]
+    ids, q = torch.cat(id_rows), torch.cat(q_rows)
+    z = _logits(tiny_student_dir, reader, batch.input_ids)
+    logq = torch.log_softmax(z, 1).gather(1, ids)
+    want = torch.where(q > 0, q * (q.log() - logq), 0.0).sum(1).mean()
+    assert step0["kl"] == pytest.approx(float(want), rel=1e-4)
+    assert step0["loss"] == pytest.approx(step0["ce"] + GAMMA * step0["kl"], rel=1e-5)
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"kd_topk": 2}, "sampled target"), ({"kd_tail": "renorm"}, "sampled target"),
+    ({"temperature": 2.0}, "temperature 1"),
+])
+def test_top_k_options_on_a_sampled_cache_are_errors(sampled_train_cache, tiny_student_dir,
+                                                     tmp_path, kw, match):
+    from ddk.cache.errors import ConfigError
+    from ddk.cache.train.loop import train
+
+    with pytest.raises(ConfigError, match=match):
+        train(_cfg(sampled_train_cache, tiny_student_dir, tmp_path / "r", **kw))
+    assert not (tmp_path / "r" / "metrics.jsonl").exists()
