@@ -40,7 +40,11 @@ MASS_SAMPLE_SEQUENCES = 64
 
 #: the natural in-memory dtype of each array once decoded (what "logical bytes" counts).
 LOGICAL_DTYPES = {"input_ids": "int32", "topk_ids": "int32", "topk_logprobs": "float32",
-                  "tail_logmass": "float32", "target_logprob": "float32"}
+                  "tail_logmass": "float32", "target_logprob": "float32",
+                  "sample_ids": "int32", "sample_counts": "uint8"}
+#: the arrays that hold the teacher target, per target kind (their bytes make B/entry)
+TARGET_ARRAYS = {"topk": ("topk_ids", "topk_logprobs"),
+                 "sampled": ("sample_ids", "sample_counts")}
 
 DEFINITIONS = {
     "tokens": "scored positions = sequences x (seq_len - 1): the positions that hold a "
@@ -50,7 +54,12 @@ DEFINITIONS = {
     "logical_bytes": "decoded arrays in memory: ids as int32, log-probs as float32",
     "compression_ratio": "logical_bytes / stored_bytes",
     "bytes_per_token": "stored_bytes (all arrays, input_ids included) / tokens",
-    "bytes_per_topk_entry": "stored bytes of topk_ids + topk_logprobs / (tokens x k)",
+    "bytes_per_topk_entry": "stored bytes of topk_ids + topk_logprobs / (tokens x k); for a "
+                            "sampled target, of sample_ids + sample_counts / (tokens x N "
+                            "slots)",
+    "sample_distinct": "sampled target: distinct drawn ids per position (mean, p95) over the "
+                       "sequences of topk_mass, and stored bytes of sample_ids + "
+                       "sample_counts per distinct entry (bytes_per_entry)",
     "overhead_bytes": "store objects outside the data arrays: metadata and shard_done flags",
     "topk_mass": f"sum of exp(top-k log-probs) per position, over up to "
                  f"{MASS_SAMPLE_SEQUENCES} evenly spaced finished sequences per split",
@@ -80,8 +89,12 @@ def _key(group: zarr.Group, *parts: str) -> str:
 
 
 def _logical_bytes(name: str, sequences: int, seq_len: int, k: int) -> int:
-    per_seq = {"input_ids": seq_len, "topk_ids": (seq_len - 1) * k,
-               "topk_logprobs": (seq_len - 1) * k}.get(name, seq_len - 1)
+    if name == "input_ids":
+        per_seq = seq_len
+    elif name in (*TARGET_ARRAYS["topk"], *TARGET_ARRAYS["sampled"]):
+        per_seq = (seq_len - 1) * k  # k entries (or N slots) per scored position
+    else:
+        per_seq = seq_len - 1
     return sequences * per_seq * np.dtype(LOGICAL_DTYPES[name]).itemsize
 
 
@@ -96,7 +109,7 @@ def _split_storage(reader: CacheReader, domain: str, split: str, done: int) -> d
     store = reader.group.store
     L, k = reader.seq_len, reader.k
     arrays = {}
-    for name in split_arrays(split):
+    for name in split_arrays(split, reader.target_kind):
         arrays[name] = {
             "stored_bytes": _prefix_bytes(store, _key(reader.group, domain, split, name) + "/"),
             "logical_bytes": _logical_bytes(name, done, L, k),
@@ -104,7 +117,7 @@ def _split_storage(reader: CacheReader, domain: str, split: str, done: int) -> d
     stored = sum(a["stored_bytes"] for a in arrays.values())
     logical = sum(a["logical_bytes"] for a in arrays.values())
     tokens = done * (L - 1)
-    topk = arrays["topk_ids"]["stored_bytes"] + arrays["topk_logprobs"]["stored_bytes"]
+    topk = sum(arrays[n]["stored_bytes"] for n in TARGET_ARRAYS[reader.target_kind])
     return {"tokens": tokens, "stored_bytes": stored, "logical_bytes": logical,
             **_ratios(stored, logical, tokens, topk, k), "arrays": arrays}
 
@@ -115,13 +128,28 @@ def _topk_mass(reader: CacheReader, domain: str, split: str,
     """Top-k probability mass per position over up to MASS_SAMPLE_SEQUENCES evenly spaced
     sequences of `done`; None when no shard of the split is finished."""
     sample = spread(done, MASS_SAMPLE_SEQUENCES)
-    if sample.size == 0:
+    if sample.size == 0 or reader.target_kind != "topk":
         return None
     codes = read_rows(reader.array(domain, split, "topk_logprobs"), sample)
     lp = dequantize_logprobs(codes, reader.encoding.logprob_step).astype(np.float64)
     mass = np.exp(lp).sum(axis=-1).ravel()
     return {"mean": float(mass.mean()), "p5": float(np.percentile(mass, 5)),
             "sampled_sequences": int(sample.size), "positions": int(mass.size)}
+
+
+def _sample_distinct(reader: CacheReader, domain: str, split: str, done: np.ndarray,
+                     target_bytes: int) -> dict[str, Any] | None:
+    """Distinct drawn ids per position of a sampled target, over the sequences of
+    _topk_mass, and the stored target bytes per distinct entry; None for a top-k cache."""
+    sample = spread(done, MASS_SAMPLE_SEQUENCES)
+    if sample.size == 0 or reader.target_kind != "sampled":
+        return None
+    distinct = (read_rows(reader.array(domain, split, "sample_counts"), sample) > 0).sum(-1)
+    entries = float(distinct.mean()) * done.size * (reader.seq_len - 1)
+    return {"draws": reader.sample_draws, "mean": float(distinct.mean()),
+            "p95": float(np.percentile(distinct, 95)), "max": int(distinct.max()),
+            "bytes_per_entry": target_bytes / entries if entries else None,
+            "sampled_sequences": int(sample.size)}
 
 
 def _teacher_stats(reader: CacheReader, domain: str) -> dict[str, Any] | str:
@@ -156,6 +184,7 @@ def _layout(reader: CacheReader) -> dict[str, Any]:
     enc = reader.meta["encoding"]
     out: dict[str, Any] = {
         "k": reader.k, "seq_len": reader.seq_len,
+        "target": {"kind": reader.target_kind, "draws": reader.sample_draws},
         "sequences_per_shard": int(reader.meta["sequences_per_shard"]),
         "encoding": {"id_dtype": enc["id_dtype"], "logprob_dtype": enc["logprob"]["dtype"],
                      "logprob_step": float(enc["logprob"]["step"]),
@@ -165,7 +194,7 @@ def _layout(reader: CacheReader) -> dict[str, Any]:
     }
     # shapes of the first domain/split holding each array (a split smaller than
     # sequences_per_shard has a shorter shard)
-    for name in (*split_arrays("validation"), "shard_done"):
+    for name in (*split_arrays("validation", reader.target_kind), "shard_done"):
         arr = _first_array(reader, name)
         if arr is not None:
             out["arrays"][name] = {
@@ -180,12 +209,16 @@ def _split_report(reader: CacheReader, domain: str, split: str,
                   integrity: IntegrityReport) -> dict[str, Any]:
     """Completeness, storage and fidelity of one domain/split (damaged shards left out)."""
     done, missing, n_shards = finished_sequences(reader, domain, split, integrity)
+    storage = _split_storage(reader, domain, split, int(done.size))
+    target_bytes = sum(storage["arrays"][n]["stored_bytes"]
+                       for n in TARGET_ARRAYS[reader.target_kind])
     entry = {"sequences": reader.num_sequences(domain, split),
              "sequences_done": int(done.size), "num_shards": n_shards,
              "missing_shards": missing,
              "damaged_shards": integrity.damaged_shards().get((domain, split), []),
-             **_split_storage(reader, domain, split, int(done.size)),
-             "topk_mass": _topk_mass(reader, domain, split, done)}
+             **storage,
+             "topk_mass": _topk_mass(reader, domain, split, done),
+             "sample_distinct": _sample_distinct(reader, domain, split, done, target_bytes)}
     if split == "validation":
         entry["teacher"] = _teacher_stats(reader, domain)
     return entry
@@ -222,7 +255,7 @@ def _totals(reader: CacheReader, domains: dict[str, dict[str, Any]]) -> dict[str
     logical = sum(a["logical_bytes"] for a in arrays.values())
     store_bytes = _prefix_bytes(reader.group.store, _key(reader.group) + "/"
                                 if reader.group.path else "")
-    topk = sum(arrays[n]["stored_bytes"] for n in ("topk_ids", "topk_logprobs")
+    topk = sum(arrays[n]["stored_bytes"] for n in TARGET_ARRAYS[reader.target_kind]
                if n in arrays)
     return {**totals, "stored_bytes": stored, "logical_bytes": logical,
             "overhead_bytes": store_bytes - stored, "store_bytes": store_bytes,

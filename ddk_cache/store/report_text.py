@@ -53,11 +53,18 @@ def _header_lines(report: dict[str, Any]) -> list[str]:
          f"{t.get('backend')}), vocab {t.get('vocab_size')}, weights "
          f"{str(t.get('weights_fingerprint'))[:12]}, config {str(t.get('config_hash'))[:12]}"),
         f"tokenizer  {str(report['tokenizer'].get('fingerprint'))[:12]}",
-        (f"k {lay['k']}, seq_len {lay['seq_len']}, {lay['sequences_per_shard']} sequences per "
-         f"shard; log-probs {enc['logprob_dtype']} step {enc['logprob_step']:g} (max error "
+        (f"{_target_text(lay)}, seq_len {lay['seq_len']}, {lay['sequences_per_shard']} "
+         f"sequences per shard; log-probs {enc['logprob_dtype']} step {enc['logprob_step']:g} (max error "
          f"{enc['logprob_max_abs_error']:g} nats), ids {enc['id_dtype']}, codecs "
          f"{enc['codec_profile']}"),
     ]
+
+
+def _target_text(lay: dict[str, Any]) -> str:
+    target = lay.get("target") or {"kind": "topk"}
+    if target["kind"] == "sampled":
+        return f"sampled target, {target['draws']} draws per position (weights count / N)"
+    return f"top-k target, k {lay['k']}"
 
 
 def _storage_row(name: str, split: str, e: dict[str, Any]) -> list[str]:
@@ -87,7 +94,28 @@ def _storage_lines(report: dict[str, Any]) -> list[str]:
                   *_table(["array", "stored", "logical", "ratio"], rows, left=1)]
 
 
+def _sampled_fidelity_lines(report: dict[str, Any]) -> list[str]:
+    rows = []
+    for domain, splits in report["domains"].items():
+        for split, e in splits.items():
+            m = e["sample_distinct"] or {}
+            te = e.get("teacher")
+            loss = ppl = "-" if te is None else "missing"
+            if isinstance(te, dict):
+                loss, ppl = f"{te['loss']:.4f}", f"{te['ppl']:.2f}"
+            rows.append([domain, split, _fmt(m.get("mean"), ".2f"), _fmt(m.get("p95"), ".0f"),
+                         _fmt(m.get("bytes_per_entry"), ".3f"),
+                         str(m.get("sampled_sequences", 0)), loss, ppl])
+    title = (f"Fidelity  (distinct drawn ids per position over up to {MASS_SAMPLE_SEQUENCES} "
+             "sequences per split; B/entry = target bytes per distinct entry; teacher loss "
+             "in nats/token over the whole validation split)")
+    return [title, *_table(["domain", "split", "distinct mean", "distinct p95", "B/entry",
+                            "sampled", "loss", "ppl"], rows)]
+
+
 def _fidelity_lines(report: dict[str, Any]) -> list[str]:
+    if (report["layout"].get("target") or {}).get("kind") == "sampled":
+        return _sampled_fidelity_lines(report)
     rows = []
     for domain, splits in report["domains"].items():
         for split, e in splits.items():
@@ -146,7 +174,23 @@ def _layout_lines(report: dict[str, Any]) -> list[str]:
                               rows, left=5)]
 
 
+def _verify_sampled_lines(v: dict[str, Any]) -> list[str]:
+    mass, tl = v["drawn_teacher_mass"], v["teacher_loss"]
+    return [
+        (f"Verify  {v['sequences']} validation sequences ({v['positions']} positions), teacher "
+         f"{v['teacher_path']} on {v['device']} {v['dtype']}"),
+        *[f"  WARNING: {w}" for w in v["warnings"]],
+        (f"  draws identical on re-draw  {v['draws_identical']:.4f} of positions (same seed, "
+         "re-run teacher)"),
+        f"  teacher mass of drawn ids   mean {mass['mean']:.4f}  p5 {mass['p5']:.4f}",
+        (f"  teacher loss                stored {tl['stored']:.5f}  exact {tl['exact']:.5f}  "
+         f"difference {tl['difference']:.2e}"),
+    ]
+
+
 def _verify_lines(v: dict[str, Any]) -> list[str]:
+    if v.get("target") == "sampled":
+        return _verify_sampled_lines(v)
     err, kl, tail, tl = (v["topk_logprob_abs_error"], v["kl_exact_vs_stored"],
                          v["tail_logmass_abs_error"], v["teacher_loss"])
     tail_note = (f" ({tail['positions_below_range']} positions below the quantisation range)"

@@ -10,6 +10,10 @@ computes (another model, another dtype or device, or a damaged store).
 The teacher is the one recorded in the cache metadata unless another directory is given;
 when its fingerprints differ from the recorded ones the result carries a warning, since
 the errors then measure a different model rather than the cache.
+
+A sampled cache is verified by drawing again: the same seed on the re-run teacher must give
+the stored draws (the share of positions whose draws are identical), and the exact teacher
+mass of the distinct drawn ids is reported, with the teacher loss.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from ddk.cache.store.layout import split_arrays
 from ddk.cache.store.reader import CacheReader, read_rows
 from ddk.cache.store.selection import finished_sequences, spread
 from ddk.cache.teacher.identity import teacher_identity
-from ddk.cache.teacher.topk import scores_from_logits
+from ddk.cache.teacher.sampled import SampleSpec, sequence_seed
+from ddk.cache.teacher.topk import sampled_scores_from_logits, scores_from_logits
 from tqdm.auto import tqdm
 
 #: two top-k id sets whose difference lies within this many nats of the exact k-th
@@ -151,6 +156,49 @@ def _verify_sequence(model: Any, reader: CacheReader, domain: str, index: int,
         return _compare(stored, logits, ids, reader.k, step)
 
 
+def _verify_sampled_sequence(model: Any, reader: CacheReader, domain: str, index: int
+                             ) -> dict[str, np.ndarray]:
+    """Re-draw one stored validation sequence of a sampled cache from the re-run teacher
+    (same seed): per position, whether the draws are identical, and the exact teacher
+    mass of the distinct drawn ids; the next-token log-probs as for top-k."""
+    idx = np.array([index], dtype=np.int64)
+    stored = {name: read_rows(reader.array(domain, "validation", name), idx)[0]
+              for name in split_arrays("validation", "sampled")}
+    ids = torch.as_tensor(stored["input_ids"].astype(np.int64))[None].to(model.device)
+    seed = sequence_seed(int(reader.meta["split"]["seed"]), domain, "validation", index)
+    draws = int(reader.sample_draws or 0)
+    with torch.inference_mode():
+        logits = model.model(input_ids=ids, use_cache=False).logits.float()
+        exact = sampled_scores_from_logits(logits, ids, SampleSpec(draws, (seed,)))
+        drawn = torch.as_tensor(stored["sample_ids"].astype(np.int64), device=logits.device)
+        real = torch.as_tensor(stored["sample_counts"] > 0, device=logits.device)
+        logp = torch.log_softmax(logits[0, :-1].double(), dim=-1)
+        mass = torch.where(real, torch.gather(logp, -1, drawn).exp(), 0.0).sum(-1)
+    same = np.all((stored["sample_ids"] == exact.sample_ids[0])
+                  & (stored["sample_counts"] == exact.sample_counts[0]), axis=-1)
+    return {"draws_same": same, "drawn_mass": mass.cpu().numpy(),
+            "target_stored": stored["target_logprob"].astype(np.float64),
+            "target_exact": exact.target_logprob[0].astype(np.float64)}
+
+
+def _teacher_loss_summary(t_st: np.ndarray, t_ex: np.ndarray) -> dict[str, float]:
+    return {"stored": float(-t_st.mean()), "exact": float(-t_ex.mean()),
+            "difference": float(-t_st.mean() + t_ex.mean()),
+            "target_logprob_max_abs_error": float(np.abs(t_st - t_ex).max())}
+
+
+def _sampled_summary(parts: list[dict[str, np.ndarray]]) -> dict[str, Any]:
+    """The verify figures of a sampled cache, over every compared position."""
+    def cat(key: str) -> np.ndarray:
+        return np.concatenate([p[key] for p in parts])
+
+    mass = cat("drawn_mass")
+    return {"target": "sampled", "draws_identical": float(cat("draws_same").mean()),
+            "drawn_teacher_mass": {"mean": float(mass.mean()),
+                                   "p5": float(np.percentile(mass, 5))},
+            "teacher_loss": _teacher_loss_summary(cat("target_stored"), cat("target_exact"))}
+
+
 def _error_summary(parts: list[dict[str, np.ndarray]], step: float) -> dict[str, Any]:
     """The error figures of the report, over every compared position."""
     def cat(key: str) -> np.ndarray:
@@ -167,9 +215,7 @@ def _error_summary(parts: list[dict[str, np.ndarray]], step: float) -> dict[str,
         "tail_logmass_abs_error": {"max": float(tail_err.max()) if tail_err.size else None,
                                    "positions_below_range": int(cat("tail_out_of_range").sum())},
         "kl_exact_vs_stored": {"mean": float(kl.mean()), "max": float(kl.max())},
-        "teacher_loss": {"stored": float(-t_st.mean()), "exact": float(-t_ex.mean()),
-                         "difference": float(-t_st.mean() + t_ex.mean()),
-                         "target_logprob_max_abs_error": float(np.abs(t_st - t_ex).max())},
+        "teacher_loss": _teacher_loss_summary(t_st, t_ex),
     }
 
 
@@ -202,17 +248,19 @@ def verify_cache(reader: CacheReader, n: int, *, teacher: str | None = None,
                            f"cache holds ids up to {reader.vocab_size}; pass --teacher with "
                            "the teacher that built this cache")
     step = reader.encoding.logprob_step
+    sampled = reader.target_kind == "sampled"
     try:
-        parts = [_verify_sequence(model, reader, domain, index, step) for domain, index
+        parts = [_verify_sampled_sequence(model, reader, domain, index) if sampled
+                 else _verify_sequence(model, reader, domain, index, step) for domain, index
                  in tqdm(picks, desc="verify", unit="seq", disable=not progress)]
     finally:
         model.close()
     return {
         "requested": n, "sequences": len(picks),
         "per_domain": {d: sum(1 for dd, _ in picks if dd == d) for d in reader.domains},
-        "positions": int(sum(p["kl"].size for p in parts)),
+        "positions": int(sum(p["target_exact"].size for p in parts)),
         "teacher_path": str(path), "device": str(model.device), "dtype": dtype,
         "warnings": warnings,
-        **_error_summary(parts, step),
+        **(_sampled_summary(parts) if sampled else _error_summary(parts, step)),
         "seconds": round(time.perf_counter() - t0, 3),
     }

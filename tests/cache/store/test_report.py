@@ -17,8 +17,9 @@ from ddk.cache.corpus.sources import DomainSpec
 from ddk.cache.errors import StoreError
 from ddk.cache.store.layout import SPLITS
 from ddk.cache.store.reader import CacheReader
-from ddk.cache.store.report import inspect_cache
+from ddk.cache.store.report import MASS_SAMPLE_SEQUENCES, inspect_cache
 from ddk.cache.store.report_text import format_report, human_bytes
+from ddk.cache.store.selection import spread
 
 SEQ_LEN, K, PER_SHARD = 32, 8, 4
 
@@ -155,3 +156,37 @@ def test_not_a_cache_is_a_store_error(tmp_path):
 def test_human_bytes_uses_binary_units():
     assert [human_bytes(n) for n in (None, 0, 1023, 1536, 5 * 1024**2, 3 * 1024**4)] == [
         "-", "0 B", "1023 B", "1.5 KiB", "5.0 MiB", "3.0 TiB"]
+
+
+def test_sampled_cache_report_and_verify(sampled_train_cache, tiny_teacher_dir):
+    """inspect-cache on a sampled cache: its target, distinct ids per position, bytes per
+    entry, and --verify re-drawing the same tokens from the re-run teacher."""
+    report = inspect_cache(sampled_train_cache, verify=3, teacher=str(tiny_teacher_dir),
+                           progress=False)
+    assert report["format_version"] == 2
+    assert report["layout"]["target"] == {"kind": "sampled", "draws": 8}
+    assert set(report["layout"]["arrays"]) == {"input_ids", "sample_ids", "sample_counts",
+                                               "target_logprob", "shard_done"}
+    reader = CacheReader.open(sampled_train_cache)
+    for domain, splits in report["domains"].items():
+        for split, e in splits.items():
+            assert e["topk_mass"] is None
+            d = e["sample_distinct"]
+            counts = np.asarray(reader.group[f"{domain}/{split}/sample_counts"][:])
+            distinct = (counts > 0).sum(-1)
+            picked = spread(np.arange(counts.shape[0]), MASS_SAMPLE_SEQUENCES)
+            assert d["sampled_sequences"] == picked.size
+            assert d["mean"] == pytest.approx(float(distinct[picked].mean()))
+            assert 1 <= d["mean"] <= d["p95"] <= d["max"] <= 8
+            target = sum(e["arrays"][n]["stored_bytes"] for n in ("sample_ids",
+                                                                   "sample_counts"))
+            entries = distinct[picked].mean() * distinct.size  # estimated from the picked
+            assert d["bytes_per_entry"] == pytest.approx(target / entries)
+    v = report["verify"]
+    assert v["target"] == "sampled" and v["draws_identical"] == 1.0
+    assert 0 < v["drawn_teacher_mass"]["p5"] <= v["drawn_teacher_mass"]["mean"] <= 1
+    assert abs(v["teacher_loss"]["difference"]) < 1e-6
+    text = format_report(report)
+    assert "sampled target, 8 draws per position" in text
+    assert "draws identical on re-draw  1.0000" in text
+    json.dumps(report)  # JSON-able as --json prints it
