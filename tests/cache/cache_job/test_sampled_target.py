@@ -126,3 +126,34 @@ def test_default_draw_count_applies(tmp_path, tiny_teacher_dir, small_corpus):
     run_cache_job(job(tmp_path, tiny_teacher_dir, {"code": small_corpus["code"]},
                       target="sampled"))
     assert CacheReader.open(tmp_path / "cache").sample_draws == DEFAULT_SAMPLES
+
+
+def test_crash_and_resume_draws_the_same_tokens(tmp_path, tiny_teacher_dir, small_corpus,
+                                                monkeypatch):
+    """A job that dies after a few shards, re-run, gives the store of an uninterrupted run
+    byte for byte: the draws depend on the sequence, not on what ran before (the SIGKILL
+    version of this for top-k is in test_run.py)."""
+    from ddk.cache.store.writer import CacheWriter
+
+    corpus = {"code": small_corpus["code"]}
+    run_cache_job(sampled_job(tmp_path, tiny_teacher_dir, corpus,
+                              output=str(tmp_path / "reference")))
+    real, written = CacheWriter.write_shard, []
+
+    def dying(self, *args, **kw):
+        if len(written) == 2:
+            raise KeyboardInterrupt  # the process dies here
+        real(self, *args, **kw)
+        written.append(args[:3])
+
+    monkeypatch.setattr(CacheWriter, "write_shard", dying)
+    with pytest.raises(KeyboardInterrupt):
+        run_cache_job(sampled_job(tmp_path, tiny_teacher_dir, corpus,
+                                  output=str(tmp_path / "resumed")))
+    monkeypatch.setattr(CacheWriter, "write_shard", real)
+    result = run_cache_job(sampled_job(tmp_path, tiny_teacher_dir, corpus,
+                                       output=str(tmp_path / "resumed")))
+    assert len(written) == 2 and result.complete
+    shards = len(list((tmp_path / "reference").glob("*/*/shard_done/c/*")))
+    assert result.shards_written == shards - 2  # all but the two written before the crash
+    assert tree_bytes(tmp_path / "resumed") == tree_bytes(tmp_path / "reference")
