@@ -72,3 +72,29 @@ def test_unknown_config_key_is_a_one_line_error(tmp_path):
     assert r.exit_code == 1, r.output
     assert r.stderr.strip() == (f"error: {path}: unknown option 'bogus'; see "
                                 "`ddk cache-teacher --help` for the option names")
+
+
+def test_target_options_reach_the_job(job_of, tmp_path):
+    assert job_of("--target", "sampled", "--samples", "16").target == "sampled"
+    assert job_of("--target", "sampled", "--samples", "16").samples == 16
+    cfg = job_of()
+    assert (cfg.target, cfg.samples) == ("topk", None)
+    path = tmp_path / "job.toml"
+    path.write_text('target = "sampled"\nsamples = 24\n', encoding="utf-8")
+    cfg = job_of("--config", str(path))
+    assert (cfg.target, cfg.samples) == ("sampled", 24)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--samples", "16"], "error: --samples 16 applies to --target sampled only; add "
+                          "--target sampled, or drop --samples"),
+    (["--target", "sampled", "--backend", "vllm"],
+     "error: --target sampled draws from the teacher's full distribution, which the vLLM "
+     "backend does not return (only top log-probs); use --backend transformers, or "
+     "--target topk with vLLM"),
+])
+def test_target_option_errors_are_one_line(args, message, tmp_path):
+    r = CliRunner().invoke(cli, ["cache-teacher", "-o", str(tmp_path / "c"), *args])
+    assert r.exit_code == 1
+    assert r.stderr.strip() == message
+    assert not (tmp_path / "c").exists()
