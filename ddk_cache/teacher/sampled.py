@@ -92,7 +92,7 @@ def sampled_target(sample_ids: np.ndarray | torch.Tensor, sample_counts: np.ndar
     """(ids int64, log-weights float32) of the stored sample: log(count / draws), -inf on
     padding. This is the sparse target the KL losses take (tail="none")."""
     ids = torch.as_tensor(np.asarray(sample_ids)).long()
-    counts = torch.as_tensor(np.asarray(sample_counts)).float()
-    with torch.no_grad():
-        logw = torch.log(counts / float(draws))  # log(0) = -inf on padding
-    return ids, logw
+    counts = np.asarray(sample_counts).astype(np.float32)
+    with np.errstate(divide="ignore"):  # log(0) = -inf on padding
+        logw = np.log(counts / np.float32(draws))
+    return ids, torch.from_numpy(logw)

@@ -86,12 +86,12 @@ def test_target_options_reach_the_job(job_of, tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--samples", "16"], "error: --samples 16 applies to --target sampled only; add "
-                          "--target sampled, or drop --samples"),
+    (["--samples", "16"], ("error: --samples 16 applies to --target sampled only; add "
+                          "--target sampled, or drop --samples")),
     (["--target", "sampled", "--backend", "vllm"],
-     "error: --target sampled draws from the teacher's full distribution, which the vLLM "
+     ("error: --target sampled draws from the teacher's full distribution, which the vLLM "
      "backend does not return (only top log-probs); use --backend transformers, or "
-     "--target topk with vLLM"),
+     "--target topk with vLLM")),
 ])
 def test_target_option_errors_are_one_line(args, message, tmp_path):
     r = CliRunner().invoke(cli, ["cache-teacher", "-o", str(tmp_path / "c"), *args])

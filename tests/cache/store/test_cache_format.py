@@ -24,7 +24,7 @@ from ddk.cache.store.encoding import CODEC_PROFILES
 from ddk.cache.store.reader import CacheReader
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "cache-format.md"
-EXAMPLE_MARKER = "# ddk cache reader, format version 1"
+EXAMPLE_MARKER = "# ddk cache reader, format versions 1 and 2"
 SEQ_LEN, K, PER_SHARD, N_VAL, N_TRAIN = 24, 8, 3, 2, 5
 
 
@@ -98,6 +98,38 @@ def test_plain_zarr_example_matches_cache_reader(tmp_path, monkeypatch, small_co
     assert ns["targets"].shape == (2, SEQ_LEN - 1)
 
 
+def test_plain_zarr_example_reads_a_sampled_cache(tmp_path, monkeypatch, small_corpus,
+                                                   tiny_teacher_dir):
+    path = build(tmp_path, small_corpus, tiny_teacher_dir, target="sampled", samples=6)
+    ns = run_example(tmp_path, monkeypatch)
+    reader = CacheReader.open(path)
+    assert ns["meta"]["format_version"] == 2
+    for domain in reader.domains:
+        for split, n in (("train", N_TRAIN), ("validation", N_VAL)):
+            mine = ns["read_sequences"]("ddk-cache", domain, split, 1, n)
+            ref = reader.read(domain, split, range(1, n))
+            for name in ("input_ids", "topk_ids", "topk_logprobs", "tail_logmass"):
+                assert mine[name].dtype == getattr(ref, name).numpy().dtype, name
+                np.testing.assert_array_equal(mine[name], getattr(ref, name).numpy(),
+                                              err_msg=f"{domain}/{split}/{name}")
+        assert ns["teacher_loss"]("ddk-cache", domain) == reader.teacher_loss(domain)
+    assert ns["batch"]["topk_ids"].shape == (2, SEQ_LEN - 1, 6)
+    assert float(np.abs(np.log(ns["total"])).max()) < 1e-6  # the weights sum to 1
+    root = zarr.open_group(str(path), mode="r")
+    for domain, info in root.attrs["ddk"]["domains"].items():
+        for split in ("train", "validation"):
+            g = root[f"{domain}/{split}"]
+            n = info[f"{split}_sequences"]
+            names = {name for name, _ in g.arrays()}
+            assert names == {"input_ids", "sample_ids", "sample_counts", "shard_done",
+                             "shard_manifest"} | ({"target_logprob"} if split == "validation"
+                                                  else set())
+            counts = g["sample_counts"][:]
+            assert counts.shape == (n, SEQ_LEN - 1, 6) and str(counts.dtype) == "uint8"
+            assert np.all(counts.sum(-1) == 6)
+            assert g["shard_manifest"].shape[1] == len(names) - 2
+
+
 def test_store_layout_is_as_specified(tmp_path, small_corpus, tiny_teacher_dir):
     path = build(tmp_path, small_corpus, tiny_teacher_dir)
     root = zarr.open_group(str(path), mode="r")
@@ -167,8 +199,9 @@ def _key_paths(d: dict[str, Any], prefix: str = "") -> list[str]:
     return out
 
 
-def test_every_metadata_key_is_documented(tmp_path, small_corpus, tiny_teacher_dir):
-    path = build(tmp_path, small_corpus, tiny_teacher_dir)
+@pytest.mark.parametrize("target", ["topk", "sampled"])
+def test_every_metadata_key_is_documented(tmp_path, small_corpus, tiny_teacher_dir, target):
+    path = build(tmp_path, small_corpus, tiny_teacher_dir, target=target)
     root = zarr.open_group(str(path), mode="r")
     meta = dict(root.attrs["ddk"])
     domains = meta.pop("domains")
