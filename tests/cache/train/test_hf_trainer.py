@@ -347,3 +347,33 @@ def test_a_saturated_reweighting_is_logged_as_a_warning(train_cache, tiny_studen
     warned = [r.getMessage() for r in caplog.records if "discrepancy-driven" in r.getMessage()]
     assert warned and warned[0].startswith("step 0: ") and "one-hot" in warned[0]
     assert trainer.ddk_mixture.state.history[0]["saturation"]["saturated"] is True
+
+
+def test_ddk_trainer_on_a_sampled_cache_is_the_same_run_as_train_student(
+        sampled_train_cache, tiny_student_dir, tmp_path):
+    """The Trainer picks the target kind from the cache as train-student does: same losses
+    and final weights on a sampled-target cache, through the fused LM head; and it refuses
+    the top-k shaping options there."""
+    from ddk.cache.errors import ConfigError
+    from ddk.cache.train.hf_trainer import DDKTrainer
+    from ddk.cache.train.loop import train
+    from ddk.cache.train.metrics import read_metrics
+
+    cli = train(small_train_config(sampled_train_cache, tiny_student_dir, tmp_path / "cli",
+                                   max_steps=3, interval=INTERVAL, batch_size=BATCH,
+                                   grad_accum=ACCUM, lr=LR, min_lr=MIN_LR, warmup=0,
+                                   fused_lm_head=True))
+    cli_steps = [r for r in read_metrics(tmp_path / "cli" / "metrics.jsonl")
+                 if r["type"] == "step"]
+    trainer = _trainer(sampled_train_cache, tiny_student_dir, tmp_path / "hf", max_steps=3,
+                       ddk={"fused_lm_head": True})
+    trainer.train()
+    hf_steps = [r for r in trainer.state.log_history if "loss" in r]
+    assert [b["loss"] for b in hf_steps] == [a["loss"] for a in cli_steps]
+    assert all(a["kl"] > 0 for a in cli_steps)
+    mine, theirs = trainer.model.state_dict(), cli.model.state_dict()
+    assert all(torch.equal(mine[k], v) for k, v in theirs.items())
+    model, tok = _student(tiny_student_dir)
+    with pytest.raises(ConfigError, match="sampled target"):
+        DDKTrainer(model=model, args=_args(tmp_path / "bad"), cache=str(sampled_train_cache),
+                   processing_class=tok, kd_topk=2)
