@@ -174,7 +174,8 @@ def merged_options(ctx: click.Context, config_path: Path | None, **given: Any) -
               help="Quantisation step of stored log-probs in nats (max error step/2).")
 @click.option("--codec-profile", type=click.Choice(CODEC_PROFILES),
               default=CacheJobConfig.codec_profile, show_default=True,
-              help="Compression of the stored arrays (docs/codecs.md).")
+              help="Compression of the stored arrays (docs/codecs.md); pcodec-remap also "
+                   "stores target ids by corpus frequency rank: about 3% smaller, format 2.")
 @click.option("--tensor-parallel-size", type=int, default=None, help="vLLM engine option.")
 @click.option("--gpu-memory-utilization", type=float, default=None, help="vLLM engine option.")
 @click.option("--max-model-len", type=int, default=None, help="vLLM engine option.")

@@ -23,6 +23,7 @@ from ddk.cache.corpus.sources import source_fingerprint
 from ddk.cache.device import resolve_device
 from ddk.cache.errors import ConfigError
 from ddk.cache.store.encoding import Encoding, id_dtype_for_vocab
+from ddk.cache.store.id_order import corpus_id_order
 from ddk.cache.store.integrity import MANIFEST_META, check_store
 from ddk.cache.store.layout import FORMAT_VERSION, META_KEY, SPLITS, check_output, num_shards
 from ddk.cache.store.writer import CacheWriter
@@ -68,12 +69,16 @@ def build_metadata(cfg: CacheJobConfig, teacher_path: Path, tokenizer: Any,
     identity = teacher_identity(teacher_path)
     specs = {s.name: s for s in cfg.domains}
     sampled = cfg.target == "sampled"
-    # a top-k store is format 1, as before the sampled target existed: older ddk reads it,
-    # and caches built before resume as the same job
+    id_dtype = id_dtype_for_vocab(vocab_size)
+    # pcodec-remap: target ids stored by their rank in the packed corpus (store/id_order.py)
+    id_order = corpus_id_order(cfg.codec_profile, [a for p in packed for a in (
+        p.train, p.validation)], vocab_size, id_dtype)
+    # a top-k store with raw ids is format 1, as before the sampled target existed: older
+    # ddk reads it, and caches built before resume as the same job
     target = {"target": {"kind": "sampled", "draws": cfg.samples, "temperature": 1.0}
               } if sampled else {}
     return {
-        "format_version": FORMAT_VERSION if sampled else 1,
+        "format_version": FORMAT_VERSION if sampled or id_order is not None else 1,
         "created_by": f"ddk {_ddk_version()}",
         "k": cfg.samples if sampled else cfg.k,  # slots per position
         **target,
@@ -82,9 +87,8 @@ def build_metadata(cfg: CacheJobConfig, teacher_path: Path, tokenizer: Any,
                     "dtype": cfg.dtype},
         "tokenizer": {"fingerprint": tokenizer_fingerprint(tokenizer),
                       "eos_token_id": int(tokenizer.eos_token_id), "size": len(tokenizer)},
-        "encoding": Encoding(id_dtype=id_dtype_for_vocab(vocab_size),
-                             logprob_step=cfg.logprob_step,
-                             codec_profile=cfg.codec_profile).to_json(),
+        "encoding": Encoding(id_dtype=id_dtype, logprob_step=cfg.logprob_step,
+                             codec_profile=cfg.codec_profile, id_order=id_order).to_json(),
         "sequences_per_shard": cfg.sequences_per_shard,
         "shard_manifest": MANIFEST_META,
         "split": {"val_sequences": cfg.val_sequences,

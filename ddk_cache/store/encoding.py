@@ -4,7 +4,8 @@ Log-probs are stored as uint16 codes c = round(-logprob / step) (max abs error s
 code 65535 is reserved for -inf (an empty tail when k == vocab). Token ids are stored as
 uint16 when the vocabulary fits, else int32. The codec pipelines were chosen by
 measurement on real teacher output (docs/codecs.md, bench/bench_cache_codecs.py); every
-pipeline ends in a CRC32C checksum so corruption is detected on read by plain zarr.
+pipeline ends in a CRC32C checksum so corruption is detected on read by plain zarr. The
+`pcodec-remap` profile also stores target ids by frequency rank (id_order.py, format 2).
 """
 
 from __future__ import annotations
@@ -34,19 +35,23 @@ class Encoding:
     id_dtype: str = "uint16"
     logprob_step: float = DEFAULT_LOGPROB_STEP
     codec_profile: str = DEFAULT_CODEC_PROFILE
+    #: "encoding.id_order" of a remapped cache (id_order.py); None: target ids stored raw
+    id_order: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
+        order = {} if self.id_order is None else {"id_order": self.id_order}
         return {
             "id_dtype": self.id_dtype,
             "logprob": {"kind": "quantized", "dtype": "uint16", "step": self.logprob_step,
                         "neg_inf_code": NEG_INF_CODE, "decode": "-code * step"},
             "codec_profile": self.codec_profile,
+            **order,
         }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Encoding:
         return cls(id_dtype=d["id_dtype"], logprob_step=float(d["logprob"]["step"]),
-                   codec_profile=d["codec_profile"])
+                   codec_profile=d["codec_profile"], id_order=d.get("id_order"))
 
 
 def id_dtype_for_vocab(vocab_size: int) -> str:
@@ -84,6 +89,8 @@ def codec_pipeline(profile: str, array_name: str, dtype: str) -> dict[str, Any]:
       pcodec           pcodec level 8 (numcodecs.pcodec; needs the `pcodec` package to
                        write and to read), log-prob codes delta-coded first; the uint8
                        sample counts of a sampled target get zstd-9 (pcodec has no 8-bit)
+      pcodec-remap     the pcodec pipelines; the writer stores target ids by frequency rank
+                       (id_order.py), which pcodec codes in fewer bits
     """
     delta = [Delta(dtype=dtype)] if array_name == "topk_logprobs" else []
     if profile == "zstd":
@@ -94,7 +101,7 @@ def codec_pipeline(profile: str, array_name: str, dtype: str) -> dict[str, Any]:
         return {"filters": delta,
                 "compressors": [BloscCodec(cname="zstd", clevel=5, shuffle="shuffle"),
                                 Crc32cCodec()]}
-    if profile == "pcodec":
+    if profile in ("pcodec", "pcodec-remap"):
         if dtype == "uint8":  # sample counts: pcodec does not take 8-bit values
             return {"filters": [], "compressors": _zstd(9)}
         return {"filters": delta, "serializer": PCodec(level=8),
@@ -102,4 +109,4 @@ def codec_pipeline(profile: str, array_name: str, dtype: str) -> dict[str, Any]:
     raise ValueError(f"unknown codec profile {profile!r}; known: {', '.join(CODEC_PROFILES)}")
 
 
-CODEC_PROFILES = ("zstd", "zstd-delta", "blosc-shuffle", "pcodec")
+CODEC_PROFILES = ("zstd", "zstd-delta", "blosc-shuffle", "pcodec", "pcodec-remap")

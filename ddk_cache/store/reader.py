@@ -12,6 +12,7 @@ import torch
 import zarr
 from ddk.cache.errors import DamagedCacheError, IncompleteCacheError, StoreError
 from ddk.cache.store.encoding import Encoding, dequantize_logprobs
+from ddk.cache.store.id_order import id_by_rank
 from ddk.cache.store.integrity import missing_shards, shard_key
 from ddk.cache.store.layout import (
     FORMAT_VERSION,
@@ -86,6 +87,9 @@ class CacheReader:
         self.path = path
         self.encoding = Encoding.from_json(meta["encoding"])
         self._arrays: dict[tuple[str, str, str], zarr.Array] = {}
+        # rank -> token id of a cache that stores target ids by frequency rank (id_order.py)
+        self._id_by_rank = None if self.encoding.id_order is None else id_by_rank(
+            self.encoding.id_order, int(meta["teacher"]["vocab_size"]))
 
     @classmethod
     def open(cls, path: str | Path, *, require_complete: bool = True) -> CacheReader:
@@ -189,6 +193,12 @@ class CacheReader:
         return float(-rows.astype(np.float64).mean())
 
     # -- data ---------------------------------------------------------------------------
+    def decode_ids(self, stored: np.ndarray) -> np.ndarray:
+        """Stored target ids (topk_ids, sample_ids) -> token ids, int64; input_ids are raw."""
+        if self._id_by_rank is None:
+            return np.asarray(stored).astype(np.int64)
+        return self._id_by_rank[np.asarray(stored)]
+
     @staticmethod
     def _read_rows(arr: zarr.Array, indices: Sequence[int]) -> np.ndarray:
         idx = np.asarray(indices, dtype=np.int64)
@@ -214,13 +224,13 @@ class CacheReader:
 
         input_ids = torch.from_numpy(rows("input_ids").astype(np.int64))
         if self.target_kind == "sampled":
-            ids, logw = sampled_target(rows("sample_ids"), rows("sample_counts"),
+            ids, logw = sampled_target(self.decode_ids(rows("sample_ids")), rows("sample_counts"),
                                        int(self.sample_draws or 0))
             return CachedBatch(input_ids=input_ids, topk_ids=ids, topk_logprobs=logw,
                                tail_logmass=torch.full(logw.shape[:-1], float("-inf")))
         return CachedBatch(
             input_ids=input_ids,
-            topk_ids=torch.from_numpy(rows("topk_ids").astype(np.int64)),
+            topk_ids=torch.from_numpy(self.decode_ids(rows("topk_ids"))),
             topk_logprobs=torch.from_numpy(dequantize_logprobs(rows("topk_logprobs"), step)),
             tail_logmass=torch.from_numpy(dequantize_logprobs(rows("tail_logmass"), step)),
         )

@@ -189,7 +189,11 @@ def _layout(reader: CacheReader) -> dict[str, Any]:
         "encoding": {"id_dtype": enc["id_dtype"], "logprob_dtype": enc["logprob"]["dtype"],
                      "logprob_step": float(enc["logprob"]["step"]),
                      "logprob_max_abs_error": float(enc["logprob"]["step"]) / 2,
-                     "codec_profile": enc["codec_profile"]},
+                     "codec_profile": enc["codec_profile"],
+                     # target ids stored by frequency rank (id_order.py): how many are ranked
+                     "id_order": None if "id_order" not in enc else {
+                         "kind": enc["id_order"]["kind"],
+                         "ranked": int(enc["id_order"]["ranked"])}},
         "arrays": {},
     }
     # shapes of the first domain/split holding each array (a split smaller than

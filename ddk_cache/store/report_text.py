@@ -55,9 +55,16 @@ def _header_lines(report: dict[str, Any]) -> list[str]:
         f"tokenizer  {str(report['tokenizer'].get('fingerprint'))[:12]}",
         (f"{_target_text(lay)}, seq_len {lay['seq_len']}, {lay['sequences_per_shard']} "
          f"sequences per shard; log-probs {enc['logprob_dtype']} step {enc['logprob_step']:g} (max error "
-         f"{enc['logprob_max_abs_error']:g} nats), ids {enc['id_dtype']}, codecs "
-         f"{enc['codec_profile']}"),
+         f"{enc['logprob_max_abs_error']:g} nats), ids {enc['id_dtype']}{_id_order_text(enc)}, "
+         f"codecs {enc['codec_profile']}"),
     ]
+
+
+def _id_order_text(enc: dict[str, Any]) -> str:
+    order = enc.get("id_order")
+    if order is None:
+        return ""
+    return f" (target ids by frequency rank, {order['ranked']} ids ranked by corpus count)"
 
 
 def _target_text(lay: dict[str, Any]) -> str:

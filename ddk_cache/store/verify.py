@@ -91,6 +91,7 @@ def _read_stored(reader: CacheReader, domain: str, index: int, step: float
     idx = np.array([index], dtype=np.int64)
     out = {name: read_rows(reader.array(domain, "validation", name), idx)[0]
            for name in split_arrays("validation")}
+    out["topk_ids"] = reader.decode_ids(out["topk_ids"])  # a remapped cache stores ranks
     for name in ("topk_logprobs", "tail_logmass"):
         out[name] = dequantize_logprobs(out[name], step)
     return out
@@ -164,6 +165,7 @@ def _verify_sampled_sequence(model: Any, reader: CacheReader, domain: str, index
     idx = np.array([index], dtype=np.int64)
     stored = {name: read_rows(reader.array(domain, "validation", name), idx)[0]
               for name in split_arrays("validation", "sampled")}
+    stored["sample_ids"] = reader.decode_ids(stored["sample_ids"])
     ids = torch.as_tensor(stored["input_ids"].astype(np.int64))[None].to(model.device)
     seed = sequence_seed(int(reader.meta["split"]["seed"]), domain, "validation", index)
     draws = int(reader.sample_draws or 0)

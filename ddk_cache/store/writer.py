@@ -15,6 +15,7 @@ import numpy as np
 import zarr
 from ddk.cache.errors import StoreError, StoreMismatchError
 from ddk.cache.store.encoding import Encoding, codec_pipeline, quantize_logprobs
+from ddk.cache.store.id_order import id_by_rank, rank_of_id, remaps_ids
 from ddk.cache.store.integrity import (
     MANIFEST_ARRAY,
     manifest_shape,
@@ -48,6 +49,20 @@ class CacheWriter:
         self.encoding = Encoding.from_json(meta["encoding"])
         self.sequences_per_shard = int(meta["sequences_per_shard"])
         self.target = target_kind(meta)
+        # target ids -> their frequency rank (pcodec-remap, id_order.py); None: stored raw
+        self._rank: np.ndarray | None = None
+        if remaps_ids(self.encoding.codec_profile):
+            if self.encoding.id_order is None:
+                raise ValueError(f"codec profile {self.encoding.codec_profile} needs the id "
+                                 "order in the metadata (encoding.id_order, id_order.py)")
+            vocab = int(meta["teacher"]["vocab_size"])
+            self._rank = rank_of_id(id_by_rank(self.encoding.id_order, vocab))
+
+    def _target_ids(self, ids: np.ndarray) -> np.ndarray:
+        """Teacher target ids as stored: raw, or their frequency rank in a remapped cache."""
+        if self._rank is not None:
+            ids = self._rank[np.asarray(ids, dtype=np.int64)]
+        return ids.astype(self.encoding.id_dtype)
 
     @staticmethod
     def existing(path: str, meta: dict[str, Any], *, overwrite: bool = False
@@ -174,10 +189,10 @@ class CacheWriter:
         if self.target == "sampled":
             if scores.sample_ids is None or scores.sample_counts is None:
                 raise ValueError("a sampled-target cache needs sampled teacher scores")
-            g["sample_ids"][start:stop] = scores.sample_ids.astype(ids)
+            g["sample_ids"][start:stop] = self._target_ids(scores.sample_ids)
             g["sample_counts"][start:stop] = scores.sample_counts.astype(np.uint8)
         else:
-            g["topk_ids"][start:stop] = scores.topk_ids.astype(ids)
+            g["topk_ids"][start:stop] = self._target_ids(scores.topk_ids)
             g["topk_logprobs"][start:stop] = quantize_logprobs(scores.topk_logprobs, step)
             g["tail_logmass"][start:stop] = quantize_logprobs(scores.tail_logmass, step)
         if split == "validation":
