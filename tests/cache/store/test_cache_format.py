@@ -80,6 +80,9 @@ def test_plain_zarr_example_matches_cache_reader(tmp_path, monkeypatch, small_co
     ns = run_example(tmp_path, monkeypatch)
     reader = CacheReader.open(path)
     assert ns["meta"]["encoding"]["codec_profile"] == profile
+    # pcodec-remap: format 2, and the example decodes the stored ranks (checked below)
+    assert ("id_order" in ns["meta"]["encoding"]) == (profile == "pcodec-remap")
+    assert ns["meta"]["format_version"] == (2 if profile == "pcodec-remap" else 1)
     if full_vocab:
         codes = zarr.open_group(str(path), mode="r")["code/train/tail_logmass"][:]
         assert np.all(codes == ns["meta"]["encoding"]["logprob"]["neg_inf_code"])
@@ -98,9 +101,11 @@ def test_plain_zarr_example_matches_cache_reader(tmp_path, monkeypatch, small_co
     assert ns["targets"].shape == (2, SEQ_LEN - 1)
 
 
+@pytest.mark.parametrize("profile", ["pcodec", "pcodec-remap"])
 def test_plain_zarr_example_reads_a_sampled_cache(tmp_path, monkeypatch, small_corpus,
-                                                   tiny_teacher_dir):
-    path = build(tmp_path, small_corpus, tiny_teacher_dir, target="sampled", samples=6)
+                                                   tiny_teacher_dir, profile):
+    path = build(tmp_path, small_corpus, tiny_teacher_dir, target="sampled", samples=6,
+                 codec_profile=profile)
     ns = run_example(tmp_path, monkeypatch)
     reader = CacheReader.open(path)
     assert ns["meta"]["format_version"] == 2
@@ -199,9 +204,10 @@ def _key_paths(d: dict[str, Any], prefix: str = "") -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("target", ["topk", "sampled"])
-def test_every_metadata_key_is_documented(tmp_path, small_corpus, tiny_teacher_dir, target):
-    path = build(tmp_path, small_corpus, tiny_teacher_dir, target=target)
+@pytest.mark.parametrize("kw", [{"target": "topk"}, {"target": "sampled"},
+                                {"codec_profile": "pcodec-remap"}])
+def test_every_metadata_key_is_documented(tmp_path, small_corpus, tiny_teacher_dir, kw):
+    path = build(tmp_path, small_corpus, tiny_teacher_dir, **kw)
     root = zarr.open_group(str(path), mode="r")
     meta = dict(root.attrs["ddk"])
     domains = meta.pop("domains")
