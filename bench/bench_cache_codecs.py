@@ -14,7 +14,9 @@ dir and is read back. Reported per candidate:
   (k + 1)-bucket distributions (top-k + tail bucket), mean and max over positions.
 
 Rows of kind "ddk" are written by ddk's own CacheWriter with a profile of
-ddk.cache.store.encoding.CODEC_PROFILES and read back by CacheReader. Rows of kind "exploratory"
+ddk.cache.store.encoding.CODEC_PROFILES and read back by CacheReader (pcodec-remap: its id
+order counted, as in a cache job, over the input_ids of the measured sequences; the table
+lives in the root zarr.json, whose size is reported apart). Rows of kind "exploratory"
 need code that ddk does not have (another codec profile, or a value transform such as a
 frequency remap of token ids); they are written with the same array layout (chunk = one
 sequence, shard = --sequences-per-shard sequences, CRC32C) by this script, with zarr and
@@ -227,15 +229,19 @@ class Decoded:
 def write_ddk_store(root: Path, s: Scores, profile: str, step: float, sps: int) -> Decoded:
     """Write with ddk's CacheWriter and read back with CacheReader."""
     from ddk.cache.store.encoding import Encoding, id_dtype_for_vocab
+    from ddk.cache.store.id_order import corpus_id_order
     from ddk.cache.store.reader import CacheReader
     from ddk.cache.store.writer import CacheWriter
     from ddk.cache.teacher.backend import TeacherScores
 
     n, L = s.input_ids.shape
     k = s.topk_ids.shape[-1]
-    enc = Encoding(id_dtype=id_dtype_for_vocab(s.vocab_size), logprob_step=step,
-                   codec_profile=profile)
-    meta = {"format_version": 1, "created_by": "bench_cache_codecs", "k": k, "seq_len": L,
+    id_dtype = id_dtype_for_vocab(s.vocab_size)
+    # pcodec-remap: the id order of a cache job over exactly these sequences (build_metadata)
+    order = corpus_id_order(profile, [s.input_ids], s.vocab_size, id_dtype)
+    enc = Encoding(id_dtype=id_dtype, logprob_step=step, codec_profile=profile, id_order=order)
+    meta = {"format_version": 1 if order is None else 2, "created_by": "bench_cache_codecs",
+            "k": k, "seq_len": L,
             "teacher": {"vocab_size": s.vocab_size}, "encoding": enc.to_json(),
             "sequences_per_shard": sps,
             "domains": {"bench": {"train_sequences": n, "validation_sequences": 0}}}
@@ -519,10 +525,15 @@ def codec_speed(s: Scores, step: float, reps: int = 5) -> str:
     shared machine, noise; this isolates what differs between the candidates.
     """
     from ddk.cache.store.encoding import quantize_logprobs
+    from ddk.cache.store.id_order import id_by_rank, id_order_json, rank_of_id, ranked_ids
     from numcodecs import Blosc, Delta, PCodec, Zstd
 
     ids = s.topk_ids.astype(np.uint16 if s.vocab_size <= 65536 else np.int32)
     codes = quantize_logprobs(s.topk_logprobs, step)
+    # pcodec-remap: the id -> rank gather before encoding and rank -> id after decoding
+    table = id_by_rank(id_order_json(ranked_ids([s.input_ids], s.vocab_size), "uint16"),
+                       s.vocab_size).astype(ids.dtype)
+    rank = rank_of_id(table).astype(ids.dtype)
     delta = Delta(dtype="<u2")
     candidates = {
         "blosc-shuffle (zstd 5)": Blosc(cname="zstd", clevel=5, shuffle=Blosc.SHUFFLE),
@@ -531,6 +542,7 @@ def codec_speed(s: Scores, step: float, reps: int = 5) -> str:
         "zstd (zstd 3, no delta)": Zstd(level=3),
         "pcodec (level 8)": PCodec(level=8),
         "pcodec-12 (level 12)": PCodec(level=12),
+        "pcodec-remap (level 8, ids by rank)": PCodec(level=8),
     }
     n, L = s.input_ids.shape
     lines = ["| codec | encode us/token | decode us/token | encode k tokens/s | B/token |",
@@ -538,21 +550,61 @@ def codec_speed(s: Scores, step: float, reps: int = 5) -> str:
     for name, codec in candidates.items():
         filt = (lambda x: x) if name.startswith("zstd (") else delta.encode
         unfilt = (lambda x: x) if name.startswith("zstd (") else delta.decode
+        remap = "remap" in name
         best_enc = best_dec = math.inf
         for _ in range(reps):
             t0 = time.perf_counter()
-            blobs = [codec.encode(np.ascontiguousarray(ids[i])) for i in range(n)]
+            blobs = [codec.encode(np.ascontiguousarray(rank[ids[i]] if remap else ids[i]))
+                     for i in range(n)]
             blobs += [codec.encode(filt(np.ascontiguousarray(codes[i]))) for i in range(n)]
             t1 = time.perf_counter()
             for i, b in enumerate(blobs):
                 out = codec.decode(b)
                 if i >= n:
                     unfilt(out)
+                elif remap:
+                    table[np.frombuffer(out, dtype=ids.dtype)]
             best_enc = min(best_enc, t1 - t0)
             best_dec = min(best_dec, time.perf_counter() - t1)
         lines.append(f"| {name} | {best_enc / (n * L) * 1e6:.1f} | "
                      f"{best_dec / (n * L) * 1e6:.2f} | {n * L / best_enc / 1e3:.0f} | "
                      f"{sum(map(len, blobs)) / (n * L):.1f} |")
+    return "\n".join(lines)
+
+
+def id_order_scan(s: Scores, corpus_tokens: list[int], corpus: str) -> str:
+    """topk_ids bytes of pcodec-remap when its id order is counted over more of the corpus.
+
+    A cache job counts the input_ids of its whole packed corpus, so a larger job gets a
+    better table than the measured sequences alone; here the table is counted over the
+    first `corpus_tokens` tokens of the same corpus (round-robin over its domains, so they
+    include the measured sequences) and the measured topk_ids are coded with it (PCodec
+    level 8 per chunk, no shard index or checksum: the "ids" column of codec_speed).
+    """
+    from ddk.cache.store.id_order import id_by_rank, id_order_json, rank_of_id, ranked_ids
+    from ddk.cache.teacher.default_model import ensure_default_teacher
+    from numcodecs import PCodec
+    from transformers import AutoTokenizer
+
+    n, L = s.input_ids.shape
+    tokenizer = AutoTokenizer.from_pretrained(ensure_default_teacher())
+
+    def ids_bytes(order: np.ndarray | None) -> float:
+        stored = s.topk_ids if order is None else rank_of_id(id_by_rank(
+            id_order_json(order, "uint16"), s.vocab_size))[s.topk_ids]
+        stored = stored.astype(np.uint16)
+        return sum(len(PCodec(level=8).encode(np.ascontiguousarray(stored[i])))
+                   for i in range(n)) / (n * L)
+
+    lines = ["| id order counted over | ranked ids | topk_ids B/token |", "|---|---|---|",
+             f"| none (raw ids, pcodec) | 0 | {ids_bytes(None):.1f} |"]
+    order = ranked_ids([s.input_ids], s.vocab_size)
+    lines.append(f"| the {n * L} measured tokens | {order.size} | {ids_bytes(order):.1f} |")
+    for tokens in corpus_tokens:
+        seqs, _ = corpus_sequences(tokenizer, L, math.ceil(tokens / L), corpus)
+        order = ranked_ids([seqs], s.vocab_size)
+        lines.append(f"| {seqs.size} tokens of the corpus | {order.size} | "
+                     f"{ids_bytes(order):.1f} |")
     return "\n".join(lines)
 
 
@@ -580,6 +632,7 @@ def table(rows: list[Row]) -> str:
 def render_report(args: argparse.Namespace, argv: list[str] | None, s: Scores, rows: list[Row],
                   freq: np.ndarray, seconds: float) -> str:
     """The markdown report: context, the table, entropy estimates, the best rows."""
+    from ddk.cache.store.id_order import id_order_json, ranked_ids
     from numcodecs import PCodec
 
     n, L = s.input_ids.shape
@@ -612,6 +665,12 @@ def render_report(args: argparse.Namespace, argv: list[str] | None, s: Scores, r
         "",
         codec_speed(s.truncate(args.k), EXPLORATORY_STEPS[0]),
         "",
+        (f"pcodec-remap at k={args.k} with its id order counted over more of the corpus "
+         "(a cache job counts its whole packed corpus; topk_ids chunks, PCodec level 8, "
+         "B/token without shard index and checksums):"),
+        "",
+        id_order_scan(s.truncate(args.k), args.id_order_tokens, args.corpus),
+        "",
         (f"Zeroth-order entropy estimates at k={args.k}, step {fmt_step(bound_step)}, in "
          "bytes/token (plug-in "
          "estimates: optimistic when a symbol has few samples):"),
@@ -640,8 +699,12 @@ def render_report(args: argparse.Namespace, argv: list[str] | None, s: Scores, r
                       f"{ba.kind} {ba.name} step {fmt_step(ba.step)} = {ba.per_token:.1f}"
                       f"{goal}")
     table_bytes = len(PCodec().encode(freq.astype(np.uint16)))
-    report += ["", (f"The remap rows also need their frequency table once per store: "
-                    f"{s.vocab_size} uint16 entries, {table_bytes} bytes with PCodec (not "
+    order = id_order_json(ranked_ids([s.input_ids], s.vocab_size), "uint16")
+    report += ["", (f"The exploratory remap rows also need their frequency table once per "
+                    f"store: {s.vocab_size} uint16 entries, {table_bytes} bytes with PCodec "
+                    "(not included above). The ddk pcodec-remap rows keep theirs in the root "
+                    f"zarr.json: {order['ranked']} ranked ids (those that occur in the "
+                    f"measured input_ids), {len(order['ranked_ids'])} bytes of base64 (not "
                     "included above).")]
     return "\n".join(report)
 
@@ -658,6 +721,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pilot-sequences", type=int, default=8,
                    help="extra sequences scored only to build the id frequency table of the "
                         "exploratory remap rows (not measured)")
+    p.add_argument("--id-order-tokens", type=int, nargs="*", default=[16384, 65536],
+                   help="also code the top-k ids with pcodec-remap id orders counted over "
+                        "this many input tokens of the corpus (no teacher run)")
     p.add_argument("--sequences-per-shard", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--corpus", choices=("auto", "demo", "stdlib"), default="auto",
