@@ -1,7 +1,10 @@
 """Throughput of `ddk cache-teacher` against a bare teacher forward over the same sequences.
 
 The overhead ratio = bare forward tokens/s / cache job tokens/s says what top-k extraction,
-quantisation, compression and writing cost on top of the teacher itself (1.0 = free).
+quantisation, compression and writing cost on top of the teacher itself (1.0 = free). The
+job runs twice in one invocation, before/after: shards written in the scoring thread
+(background_writer.MAX_PENDING = 0, the loop as it was) and on the background writer (the
+default), so the two ratios share the machine's load.
 
     python bench/bench_cache_job.py                      # default teacher, demo corpus
     python bench/bench_cache_job.py --teacher DIR --seq-len 512 --train-sequences 8
@@ -21,6 +24,7 @@ import torch
 
 
 def main() -> None:
+    from ddk.cache.cache_job import background_writer
     from ddk.cache.cache_job.config import CacheJobConfig
     from ddk.cache.cache_job.run import run_cache_job
     from ddk.cache.corpus.demo_corpus import demo_domain_specs
@@ -37,6 +41,8 @@ def main() -> None:
     ap.add_argument("--val-sequences", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--k", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="run each job N times, alternating, and keep each one's fastest")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -73,24 +79,36 @@ def main() -> None:
     bare = min(bare, bare_forward())
     teacher.close()
 
-    # 3. the whole job (packing, teacher, quantise, compress, write, finalise)
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = CacheJobConfig(output=str(Path(tmp) / "cache"), domains=specs,
-                             teacher=str(teacher_path), k=args.k, seq_len=args.seq_len,
-                             val_sequences=args.val_sequences,
-                             max_train_sequences=args.train_sequences,
-                             batch_size=args.batch_size, progress=False)
-        result = run_cache_job(cfg)
-        assert result.complete and result.tokens_scored == tokens, (result, tokens)
-        job = result.seconds
+    # 3. the whole job (packing, teacher, quantise, compress, write, finalise), with the
+    # shards written in the scoring thread (before) and on the background writer (after)
+    def whole_job(max_pending: int) -> float:
+        background_writer.MAX_PENDING = max_pending
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = CacheJobConfig(output=str(Path(tmp) / "cache"), domains=specs,
+                                 teacher=str(teacher_path), k=args.k, seq_len=args.seq_len,
+                                 val_sequences=args.val_sequences,
+                                 max_train_sequences=args.train_sequences,
+                                 batch_size=args.batch_size, progress=False)
+            result = run_cache_job(cfg)
+            assert result.complete and result.tokens_scored == tokens, (result, tokens)
+            return result.seconds
+
+    default = background_writer.MAX_PENDING
+    jobs = {"sequential": [], "background": []}
+    for _ in range(args.repeats):
+        jobs["sequential"].append(whole_job(0))
+        jobs["background"].append(whole_job(default))
+    background_writer.MAX_PENDING = default
 
     rows = {
         "bare forward": bare, "forward + top-k extraction": scored,
-        "cache job (end to end)": job}
+        "cache job, sequential writes (before)": min(jobs["sequential"]),
+        f"cache job, background writer (after, {default} pending)": min(jobs["background"])}
     out = {"machine": f"{platform.processor() or platform.machine()}, "
                       f"{torch.get_num_threads()} torch threads",
            "teacher": str(teacher_path.name), "tokens": tokens, "k": args.k,
            "seq_len": args.seq_len, "batch_size": args.batch_size,
+           "job_seconds": jobs,
            "tokens_per_second": {k: tokens / v for k, v in rows.items()},
            "overhead_vs_bare": {k: v / bare for k, v in rows.items()}}
     if args.json:
