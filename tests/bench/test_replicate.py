@@ -46,7 +46,8 @@ def test_smoke_preset_runs_every_group_and_resumes(rep, tiny_teacher_dir, corpus
         assert v["seeds"] == list(p.seeds), label
     assert len(summary["ablation"]) == 5
     assert set(summary["loss"]) == {f"k={k} {t}" for k in p.loss_ks for t in ("bucket", "renorm")
-                                    } | {"full vocabulary (online teacher)"}
+                                    } | {"full vocabulary (online teacher)"} | {
+        f"sampled N={n}" for n in p.loss_samples}
     for group in summary.values():
         for v in group.values():
             assert all(math.isfinite(x) and x > 0 for x in v["geo_mean_ratio"] + v["worst_ratio"])
@@ -61,7 +62,16 @@ def test_smoke_preset_runs_every_group_and_resumes(rep, tiny_teacher_dir, corpus
     loss_full_k = summary["loss"][f"k={p.cache_k} bucket"]
     assert loss_full_k["geo_mean_ratio"][0] == main_kd["geo_mean_ratio"][0]
     run_dirs = [d for d in (out / "runs").iterdir() if (d / "test.json").is_file()]
-    assert len(run_dirs) == 8 + 5 + 4  # main 2 seeds x 4, ablations 5, loss 5 minus the shared one
+    # main 2 seeds x 4, ablations 5, loss 6 minus the one shared with main
+    assert len(run_dirs) == 8 + 5 + 5
+    # the sampled-target run trained on its own cache, of the same sequences
+    sampled = json.loads((out / "sampled-4" / "zarr.json").read_text())["attributes"]["ddk"]
+    assert sampled["target"] == {"kind": "sampled", "draws": 4, "temperature": 1.0}
+    assert (json.loads((out / "cache" / "zarr.json").read_text())["attributes"]["ddk"]["domains"]
+            .keys() == sampled["domains"].keys())
+    sampled_run = next(d for d in run_dirs if d.name.startswith("sampled-4"))
+    assert json.loads((sampled_run / "summary.json").read_text())["config"]["cache"].endswith(
+        "sampled-4")
 
     # scored on the held-out test sequences (after ddk's measuring set), not the measuring set
     for d in run_dirs:
@@ -75,7 +85,8 @@ def test_smoke_preset_runs_every_group_and_resumes(rep, tiny_teacher_dir, corpus
     assert w[pretrain["domains"].index("code")] == pytest.approx(10 / 12)
 
     report = (out / "results.md").read_text()
-    for heading in ("Main comparison", "Per domain", "DDK ablations", "Loss on the cached top-k"):
+    for heading in ("Main comparison", "Per domain", "DDK ablations", "Loss on the cached target",
+                    "sampled N=4"):
         assert heading in report
     assert (out / "plots" / "domain_ratios.png").stat().st_size > 0
     assert (out / "plots" / "ddk_weights.png").stat().st_size > 0
@@ -95,7 +106,10 @@ def test_plan_shares_identical_runs_and_covers_the_issue(rep):
     assert len(main) == 4 * len(p.seeds) and len(p.seeds) >= 3
     labels = {r.label for r in runs if r.group == "loss"}
     assert labels == {f"k={k} {t}" for k in (8, 16, 64) for t in ("bucket", "renorm")} | {
-        "full vocabulary (online teacher)"}
+        "full vocabulary (online teacher)"} | {f"sampled N={n}" for n in p.loss_samples}
+    assert len(p.loss_samples) == 2  # at the bytes of top-16 and of top-64 (docs/codecs.md)
+    assert all(r.cache == f"sampled-{r.label.split('=')[1]}" for r in runs
+               if r.label.startswith("sampled"))
     keys = [r.key for r in runs]
     assert len(set(keys)) == len(keys) - len(p.loss_seeds)  # k=64 bucket == main kd-uniform
     assert len({r.dirname for r in runs}) == len(set(keys))  # one directory per distinct run
