@@ -82,7 +82,7 @@ def main() -> None:
     # 3. the whole job (packing, teacher, quantise, compress, write, finalise), with the
     # shards written in the scoring thread (before) and on the background writer (after)
     def whole_job(max_pending: int) -> float:
-        background_writer.MAX_PENDING = max_pending
+        background_writer.MAX_PENDING = background_writer.CPU_PENDING = max_pending
         with tempfile.TemporaryDirectory() as tmp:
             cfg = CacheJobConfig(output=str(Path(tmp) / "cache"), domains=specs,
                                  teacher=str(teacher_path), k=args.k, seq_len=args.seq_len,
@@ -93,12 +93,12 @@ def main() -> None:
             assert result.complete and result.tokens_scored == tokens, (result, tokens)
             return result.seconds
 
-    default = background_writer.MAX_PENDING
+    default, cpu_default = background_writer.MAX_PENDING, background_writer.CPU_PENDING
     jobs = {"sequential": [], "background": []}
     for _ in range(args.repeats):
         jobs["sequential"].append(whole_job(0))
         jobs["background"].append(whole_job(default))
-    background_writer.MAX_PENDING = default
+    background_writer.MAX_PENDING, background_writer.CPU_PENDING = default, cpu_default
 
     rows = {
         "bare forward": bare, "forward + top-k extraction": scored,

@@ -16,7 +16,8 @@ SIGTERM or SIGKILL ends both threads at once; as in the sequential loop, a shard
 mid-write has no flag and is redone by the next run.
 
 MAX_PENDING = 0 writes in the caller's thread, as the loop did before (bench_cache_job.py
-measures both).
+measures both). A teacher on the CPU gets CPU_PENDING (0) instead: there the forward
+already uses every core, and the thread measured slower.
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ from ddk.cache.teacher.backend import TeacherScores
 
 #: finished shards that may wait behind the one being written (0: no background thread)
 MAX_PENDING = 1
+#: the same when the teacher runs on the CPU: 0, writes in the scoring thread. Measured on
+#: 2 cores (bench/bench_cache_job.py, docs/benchmarks.md) the forward uses every core and a
+#: writer thread only competes with it: the whole job took 1.68x the bare forward with it,
+#: 1.52x without.
+CPU_PENDING = 0
 
 _Shard = tuple[str, str, int, np.ndarray, Sequence[TeacherScores]]
 
@@ -105,7 +111,9 @@ class BackgroundSink:
             self.check()
 
 
-def shard_sink(writer: CacheWriter) -> SequentialSink | BackgroundSink:
-    """Where `_score_shards` hands finished shards: a background writer unless
-    MAX_PENDING is 0."""
-    return SequentialSink(writer) if MAX_PENDING <= 0 else BackgroundSink(writer, MAX_PENDING)
+def shard_sink(writer: CacheWriter, *, teacher_on_cpu: bool = False
+               ) -> SequentialSink | BackgroundSink:
+    """Where `_score_shards` hands finished shards: a background writer unless the pending
+    bound (MAX_PENDING, or CPU_PENDING for a teacher on the CPU) is 0."""
+    pending = CPU_PENDING if teacher_on_cpu else MAX_PENDING
+    return SequentialSink(writer) if pending <= 0 else BackgroundSink(writer, pending)

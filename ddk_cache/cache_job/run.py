@@ -17,6 +17,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from ddk.cache.cache_job.background_writer import shard_sink
 from ddk.cache.cache_job.config import CacheJobConfig, apply_defaults, validate
 from ddk.cache.corpus.packing import PackedDomain, pack_domain
 from ddk.cache.corpus.sources import source_fingerprint
@@ -173,22 +174,29 @@ def _score_shards(cfg: CacheJobConfig, writer: CacheWriter, todo: list[tuple[str
     what = f"{cfg.samples} draws" if cfg.target == "sampled" else f"top-{cfg.k}"
     bar = tqdm(total=tokens, unit="tok", unit_scale=True, disable=not cfg.progress,
                desc=f"teacher {what} ({cfg.backend})", dynamic_ncols=True)
+    # on a GPU teacher a finished shard is written on a background thread while the next
+    # one is scored; its write errors surface here, after the batch that sees them
+    # (background_writer.py). A CPU teacher writes in this thread (measured faster).
     try:
-        for domain, split, shard in todo:
-            start, stop = writer.shard_range(domain, split, shard)
-            seqs = getattr(by_name[domain], split)[start:stop]
-            parts = []
-            for b in range(0, len(seqs), step):
-                rows = range(start + b, start + min(b + step, len(seqs)))
-                sample = None if cfg.target != "sampled" else SampleSpec(
-                    int(cfg.samples or 0),
-                    tuple(sequence_seed(cfg.seed, domain, split, i) for i in rows))
-                t = time.perf_counter()
-                parts.append(backend.score(seqs[b:b + step], cfg.k, sample=sample))
-                teacher_seconds += time.perf_counter() - t
-                bar.update(len(seqs[b:b + step]) * cfg.seq_len)
-            writer.write_shard(domain, split, shard, seqs, TeacherScores.concat(parts))
-            bar.set_postfix_str(f"{domain}/{split} shard {shard}")
+        on_cpu = (backend.backend_name == "transformers"
+                  and resolve_device(cfg.device).type == "cpu")
+        with shard_sink(writer, teacher_on_cpu=on_cpu) as sink:
+            for domain, split, shard in todo:
+                start, stop = writer.shard_range(domain, split, shard)
+                seqs = getattr(by_name[domain], split)[start:stop]
+                parts: list[TeacherScores] = []
+                for b in range(0, len(seqs), step):
+                    rows = range(start + b, start + min(b + step, len(seqs)))
+                    sample = None if cfg.target != "sampled" else SampleSpec(
+                        int(cfg.samples or 0),
+                        tuple(sequence_seed(cfg.seed, domain, split, i) for i in rows))
+                    t = time.perf_counter()
+                    parts.append(backend.score(seqs[b:b + step], cfg.k, sample=sample))
+                    teacher_seconds += time.perf_counter() - t
+                    bar.update(len(seqs[b:b + step]) * cfg.seq_len)
+                    sink.check()
+                sink.submit(domain, split, shard, seqs, parts)
+                bar.set_postfix_str(f"{domain}/{split} shard {shard}")
     finally:
         bar.close()
     return teacher_seconds

@@ -32,13 +32,29 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
             if p.is_file()}
 
 
+def _set_pending(monkeypatch, pending: int) -> None:
+    """The pending bound for every teacher: the tests run a CPU teacher, which writes in
+    the scoring thread by default (CPU_PENDING = 0)."""
+    monkeypatch.setattr(background_writer, "MAX_PENDING", pending)
+    monkeypatch.setattr(background_writer, "CPU_PENDING", pending)
+
+
+def test_a_cpu_teacher_writes_in_the_scoring_thread_by_default():
+    assert background_writer.CPU_PENDING == 0 and background_writer.MAX_PENDING >= 1
+    assert isinstance(shard_sink(None, teacher_on_cpu=True), SequentialSink)  # type: ignore[arg-type]
+    sink = shard_sink(None, teacher_on_cpu=False)  # type: ignore[arg-type]
+    assert isinstance(sink, BackgroundSink)
+    with sink:
+        pass
+
+
 @pytest.mark.parametrize("target", [{}, {"target": "sampled", "samples": 16}],
                          ids=["topk", "sampled"])
 def test_background_writes_give_the_sequential_store(tmp_path, tiny_teacher_dir, small_corpus,
                                                     monkeypatch, target):
     stores = {}
     for pending in (0, 1, 2):
-        monkeypatch.setattr(background_writer, "MAX_PENDING", pending)
+        _set_pending(monkeypatch, pending)
         out = tmp_path / f"pending-{pending}"
         assert run_cache_job(job(out, tiny_teacher_dir, small_corpus, **target)).complete
         stores[pending] = tree_bytes(out)
@@ -46,9 +62,9 @@ def test_background_writes_give_the_sequential_store(tmp_path, tiny_teacher_dir,
 
 
 def test_sink_follows_max_pending(monkeypatch):
-    monkeypatch.setattr(background_writer, "MAX_PENDING", 0)
+    _set_pending(monkeypatch, 0)
     assert isinstance(shard_sink(None), SequentialSink)  # type: ignore[arg-type]
-    monkeypatch.setattr(background_writer, "MAX_PENDING", 2)
+    _set_pending(monkeypatch, 2)
     assert isinstance(shard_sink(None), BackgroundSink)  # type: ignore[arg-type]
 
 
@@ -56,9 +72,9 @@ def test_sink_follows_max_pending(monkeypatch):
 def test_write_error_surfaces_as_itself_and_a_rerun_finishes_the_store(
         tmp_path, tiny_teacher_dir, small_corpus, monkeypatch):
     reference = tmp_path / "reference"
-    monkeypatch.setattr(background_writer, "MAX_PENDING", 0)
+    _set_pending(monkeypatch, 0)
     run_cache_job(job(reference, tiny_teacher_dir, small_corpus))
-    monkeypatch.setattr(background_writer, "MAX_PENDING", 1)
+    _set_pending(monkeypatch, 1)
 
     out = tmp_path / "cache"
     full = OSError(errno.ENOSPC, "No space left on device", str(out / "x" / "c" / "0"))
@@ -187,7 +203,7 @@ def test_interrupted_job_leaves_only_whole_flagged_shards(tmp_path, tiny_teacher
     and every shard flagged done is intact (a re-run repairs nothing)."""
     from ddk.cache.teacher.transformers_backend import TransformersTeacher
 
-    monkeypatch.setattr(background_writer, "MAX_PENDING", 1)
+    _set_pending(monkeypatch, 1)
     real_score, scored = TransformersTeacher.score, []
 
     def score(self, *a, **kw):
