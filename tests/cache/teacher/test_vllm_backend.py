@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ddk.cache.errors import BackendUnavailableError, TeacherError
+from ddk.cache.teacher import vllm_backend as vb
 from ddk.cache.teacher.backend import TeacherScores
 from ddk.cache.teacher.vllm_backend import VLLMTeacher, scores_from_prompt_logprobs
 
@@ -192,6 +194,75 @@ def test_cli_without_vllm_prints_one_line_error(monkeypatch, tmp_path, tiny_teac
     assert result.exit_code == 1, result.output
     assert "error: vLLM is not installed: pip install 'ddk[vllm]'" in result.output
     assert "Traceback" not in result.output
+
+
+# --------------------------------------------------------------------------------------
+# CPU defaults and the quiet start (no vLLM needed)
+# --------------------------------------------------------------------------------------
+def write_config(directory: Path, **cfg) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(cfg))
+    return directory
+
+
+def test_cpu_kv_cache_holds_a_step_and_a_longest_sequence(tmp_path):
+    smol = write_config(tmp_path / "smol", num_hidden_layers=30, num_attention_heads=9,
+                        num_key_value_heads=3, hidden_size=576)
+    # 30 x 2 x 3 x 64 x 4 B = 46,080 B/token; (8,193 + 4,096) tokens = 0.53 GiB -> 1 GiB
+    assert vb.cpu_kv_cache_bytes(smol, 8193, "fp32") == 1 << 30
+    big = write_config(tmp_path / "big", text_config={
+        "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+        "head_dim": 128, "hidden_size": 4096})
+    # 32 x 2 x 8 x 128 x 2 B = 128 KiB/token; 8,193 tokens = 1.0001 GiB -> 2 GiB
+    assert vb.cpu_kv_cache_bytes(big, 4097, "bf16") == 2 << 30
+    assert vb.cpu_kv_cache_bytes(big, 4097, "fp32") == 3 << 30  # 4 B/value: 2.0002 GiB
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for name in ("VLLM_ENABLE_V1_MULTIPROCESSING", "OMP_NUM_THREADS", "VLLM_CPU_KVCACHE_SPACE"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_cpu_defaults_fill_only_what_the_user_left_open(clean_env, tmp_path):
+    model = write_config(tmp_path / "m", num_hidden_layers=2, num_attention_heads=4,
+                         hidden_size=64)
+    args = {"max_model_len": 513, "enforce_eager": False}
+    vb._apply_cpu_defaults(args, {"enforce_eager": None}, model, "fp32")
+    assert args["kv_cache_memory_bytes"] == 1 << 30 and args["enforce_eager"] is True
+    assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    assert int(os.environ["OMP_NUM_THREADS"]) == len(os.sched_getaffinity(0))
+
+    clean_env.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
+    clean_env.setenv("OMP_NUM_THREADS", "3")
+    args = {"max_model_len": 513, "enforce_eager": False, "kv_cache_memory_bytes": 5}
+    vb._apply_cpu_defaults(args, {"enforce_eager": False, "kv_cache_memory_bytes": 5},
+                           model, "fp32")
+    assert args == {"max_model_len": 513, "enforce_eager": False, "kv_cache_memory_bytes": 5}
+    assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"
+    assert os.environ["OMP_NUM_THREADS"] == "3"
+
+    clean_env.setenv("VLLM_CPU_KVCACHE_SPACE", "2")  # vLLM's own variable wins too
+    args = {"max_model_len": 513, "enforce_eager": False}
+    vb._apply_cpu_defaults(args, {"enforce_eager": None}, model, "fp32")
+    assert "kv_cache_memory_bytes" not in args
+
+
+def test_tokenizer_warmup_traceback_is_dropped_other_warnings_kept():
+    log = logging.getLogger("vllm.renderers.base")
+    vb._drop_tokenizer_warmup_warning()
+    vb._drop_tokenizer_warmup_warning()  # idempotent
+    assert sum(isinstance(f, vb._TokenizerWarmupFilter) for f in log.filters) == 1
+
+    def record(msg: str, exc: BaseException | None) -> logging.LogRecord:
+        info = (type(exc), exc, None) if exc else None
+        return log.makeRecord(log.name, logging.WARNING, __file__, 1, msg, (), info)
+
+    ours = ValueError("Tokenizer not available when `skip_tokenizer_init=True`")
+    assert not log.filter(record("Chat template warmup failed", ours))
+    assert log.filter(record("Chat template warmup failed", RuntimeError("bad template")))
+    assert log.filter(record("something else", ours))
 
 
 # --------------------------------------------------------------------------------------
@@ -367,21 +438,31 @@ def test_cache_teacher_vllm_store_equals_transformers_store(tmp_path, tiny_teach
     for name, path in sorted(small_corpus.items()):
         common += ["--domain", f"{name}={path}"]
 
-    def cache_teacher(exe: str, backend: str, out: Path, *extra: str) -> dict:
+    def cache_teacher(exe: str, backend: str, out: Path, *extra: str,
+                      env: dict[str, str] | None = None) -> dict:
         proc = subprocess.run([exe, "-m", "ddk.cli.main", "cache-teacher", "--backend",
                                backend, "-o", str(out), *common, *extra],
-                              check=False, env=vllm_env(), capture_output=True, text=True,
-                              timeout=900)
+                              check=False, env=env or vllm_env(), capture_output=True,
+                              text=True, timeout=900)
         assert proc.returncode == 0, f"{backend} cache job failed:\n{proc.stderr[-6000:]}"
+        if env is not None:  # a quiet run on the backend's own defaults
+            assert " INFO " not in proc.stderr, proc.stderr[-3000:]
+            assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+            assert "Loading safetensors" not in proc.stderr, proc.stderr[-3000:]
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
     stores = {"transformers": tmp_path / "cache-transformers", "vllm": tmp_path / "cache-vllm"}
     assert cache_teacher(sys.executable, "transformers", stores["transformers"],
                          "--device", "cpu")["complete"] is True
     # The vLLM store is filled by two workers (the scale-out recipe of docs/scaling-out.md):
-    # the first leaves it incomplete, the second completes it.
-    first = cache_teacher(python, "vllm", stores["vllm"], "--enforce-eager",
-                          "--num-workers", "2", "--worker-index", "0")
+    # the first leaves it incomplete, the second completes it. The first runs on the
+    # backend's CPU defaults (no VLLM_* variables, no --enforce-eager: vLLM's own defaults
+    # would claim 90% of RAM for its KV cache) and -q must keep vLLM's INFO lines, its
+    # loading bar and its tokenizer-warm-up traceback away from the user.
+    own_defaults = {k: v for k, v in os.environ.items()
+                    if not k.startswith("VLLM_") and k != "OMP_NUM_THREADS"}
+    first = cache_teacher(python, "vllm", stores["vllm"], "--num-workers", "2",
+                          "--worker-index", "0", env=own_defaults)
     assert first["complete"] is False and first["shards_written"] > 0
     second = cache_teacher(python, "vllm", stores["vllm"], "--enforce-eager",
                            "--num-workers", "2", "--worker-index", "1")
