@@ -13,6 +13,13 @@ and the next one runs:
     loss          bench/bench_loss.py: ours vs torch eager / torch.compile / Liger, memory
     fused_head    bench/bench_fused_head.py: fused vs unfused LM-head training step
     trainer       bench/bench_train.py: trainer tokens/s, ddk vs cpt, fused vs unfused head
+    backends      bench/bench_backends.py: the transformers and the vLLM teacher backend on
+                  the default teacher (when converted here; else the tests' tiny random one):
+                  tok/s steady and end to end, load, host peak RSS, output agreement. vLLM
+                  comes from $DDK_VLLM_PYTHON (default: this interpreter); where it does not
+                  import, transformers is measured alone and the stage fails saying so.
+                  The dry run leaves this stage out unless asked (--stages backends): it
+                  starts vLLM on CPU, which takes minutes.
 
 It writes DIR/check.json (every stage's raw figures, versions, the command) and DIR/check.md
 (one table per stage, ratios against the baselines of this same run) after every stage, so
@@ -56,6 +63,8 @@ GPU = {
                 "student_hidden": 512, "student_layers": 4, "seq_len": 512, "k": 64,
                 "docs": 2500, "train_sequences": 96, "val_sequences": 4, "batch": 16,
                 "steps": 30, "skip": 5, "device": "cuda"},
+    "backends": ["--sequences", "512", "--seq-len", "512", "--k", "64", "--batch-size", "64",
+                 "--dtype", "bf16", "--device", "cuda"],
 }
 DRY = {
     "loss": ["--dry-run"],
@@ -66,6 +75,8 @@ DRY = {
                 "student_layers": 1, "seq_len": 32, "k": 8, "docs": 40,
                 "train_sequences": 8, "val_sequences": 2, "batch": 2, "steps": 3, "skip": 1,
                 "device": "cpu"},
+    "backends": ["--sequences", "8", "--seq-len", "32", "--k", "8", "--batch-size", "4",
+                 "--dtype", "fp32", "--device", "cpu"],
 }
 # The kernel tests: every file but the AOT one (that is the `aot` stage). The dry run keeps
 # two files (the GPU one skips on CPU, the other runs the interpreter; the whole folder runs
@@ -74,7 +85,9 @@ KERNEL_TESTS_IGNORE = ["--ignore", "tests/kernels/test_aot_compile.py"]
 KERNEL_TESTS_DRY = ["tests/kernels/test_sparse_kl_gpu.py", "tests/kernels/test_fused_linear.py"]
 # name: (timeout on the GPU, timeout in the dry run), seconds
 TIMEOUTS = {"env": (60, 60), "kernel_tests": (100, 60), "aot": (100, 60), "loss": (150, 60),
-            "fused_head": (90, 60), "trainer": (150, 90)}
+            "fused_head": (90, 60), "trainer": (150, 90), "backends": (240, 300)}
+#: stages a dry run leaves out unless --stages names them
+NOT_IN_DRY_RUN = ("backends",)
 
 
 class Skipped(Exception):
@@ -254,10 +267,38 @@ def stage_trainer(ctx: Ctx, timeout: float) -> dict:
     return json.loads(f.read_text())
 
 
+def _default_teacher() -> Path | None:
+    """The converted default teacher on this machine (bench/gpu/setup.sh step 4), or None."""
+    from ddk.cache.teacher.default_model import DEFAULT_TEACHER_NAME, ddk_cache_dir
+
+    path = ddk_cache_dir() / "models" / DEFAULT_TEACHER_NAME
+    return path if (path / "model.safetensors").is_file() else None
+
+
+def stage_backends(ctx: Ctx, timeout: float) -> dict:
+    vllm_python = os.environ.get("DDK_VLLM_PYTHON", sys.executable)
+    probe = subprocess.run([vllm_python, "-c", "from vllm import LLM"], capture_output=True,
+                           text=True, check=False, timeout=120)
+    backends = "transformers" if probe.returncode else "transformers,vllm"
+    teacher = _default_teacher()
+    argv = [sys.executable, str(BENCH / "bench_backends.py"),
+            *(DRY["backends"] if ctx.dry else GPU["backends"]), "--backends", backends,
+            "--vllm-python", vllm_python, "--json"] + ["--teacher", str(teacher)] * bool(teacher)
+    rc, out = sh(ctx, argv, timeout, interpret=False)
+    if rc:
+        raise Failed(f"exit {rc}: {_tail(out)}")
+    figures = json.loads(out.strip().splitlines()[-1])  # --json: one object, last line
+    if probe.returncode:
+        raise Failed(f"vLLM does not import with {vllm_python} ({_tail(probe.stderr, 1)}): "
+                     "transformers measured alone; set DDK_VLLM_PYTHON", figures)
+    return figures
+
+
 VERSION_KEYS = ("device", "capability", "python", "torch", "torch_cuda", "triton",
                 "transformers", "liger_kernel", "zarr")
 STAGES = {"env": stage_env, "kernel_tests": stage_kernel_tests, "aot": stage_aot,
-          "loss": stage_loss, "fused_head": stage_fused_head, "trainer": stage_trainer}
+          "loss": stage_loss, "fused_head": stage_fused_head, "trainer": stage_trainer,
+          "backends": stage_backends}
 
 
 # -- the trainer stage's body (runs in its own subprocess) -------------------------------------
@@ -405,8 +446,19 @@ def md_trainer(fig: dict) -> str:
                       "vs unfused", "loader wait s"], rows))
 
 
+def md_backends(fig: dict) -> str:
+    rows = [[name, r["tokens_per_s"], r["end_to_end_tokens_per_s"], r["load_s"],
+             r["warmup_s"], r["peak_rss_gib"]] for name, r in fig["results"].items()]
+    head = (f"teacher {fig['teacher']}: {fig['sequences']} x {fig['seq_len']} tokens, k "
+            f"{fig['k']}, batch {fig['batch_size']}, {fig['dtype']}\n\n")
+    diff = fig.get("difference")
+    tail = "\n\nagreement: " + ", ".join(f"{k} {v:.3g}" for k, v in diff.items()) if diff else ""
+    return head + _table(["backend", "tok/s steady", "tok/s end to end", "load s", "warm-up s",
+                          "host peak RSS GiB"], rows) + tail
+
+
 RENDER = {"env": md_env, "kernel_tests": md_kernel_tests, "aot": md_aot, "loss": md_loss,
-          "fused_head": md_fused_head, "trainer": md_trainer}
+          "fused_head": md_fused_head, "trainer": md_trainer, "backends": md_backends}
 
 
 def write_report(out: Path, report: dict) -> None:
@@ -468,7 +520,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("gpu-check"), help="check.json/md go here")
     ap.add_argument("--budget", type=float, default=None,
                     help="seconds for all stages (default 450 on the GPU, 240 dry run)")
-    ap.add_argument("--stages", default=",".join(STAGES), help="a subset, comma-separated")
+    ap.add_argument("--stages", default=None,
+                    help="a subset, comma-separated (default: all; a dry run: all but "
+                         f"{', '.join(NOT_IN_DRY_RUN)})")
     ap.add_argument("--stage", choices=["env", "trainer"], help=argparse.SUPPRESS)
     ap.add_argument("--json", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
@@ -480,7 +534,8 @@ def main(argv: list[str] | None = None) -> int:
         c = DRY["trainer"] if a.dry_run else GPU["trainer"]
         a.json.write_text(json.dumps(trainer_bench(a.work, c), indent=1))
         return 0
-    only = a.stages.split(",")
+    only = a.stages.split(",") if a.stages else [
+        s for s in STAGES if not (a.dry_run and s in NOT_IN_DRY_RUN)]
     if unknown := [s for s in only if s not in STAGES]:
         ap.error(f"unknown stage(s) {unknown}; choose from {list(STAGES)}")
     a.out.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # One-call GPU check (bench/gpu/README.md, "One-call GPU check"): kernel tests, AOT compile,
-# loss / fused-head / trainer benchmarks; writes OUT/check.json and OUT/check.md.
+# loss / fused-head / trainer benchmarks, and the two teacher backends (transformers and
+# vLLM, bench/bench_backends.py: tok/s, load, peak RSS); writes OUT/check.json and OUT/check.md.
+# vLLM is not among the carried wheels (too large): the backends stage uses the interpreter
+# in DDK_VLLM_PYTHON (default: PYTHON) and, where vLLM does not import there, measures
+# transformers alone and reports the stage failed with that reason.
 #
 #     bash bench/gpu/check.sh [--out DIR] [--budget SECONDS] [--stages a,b]   # on the GPU
 #     bash bench/gpu/check.sh --dry-run [--out DIR]   # CPU, tiny shapes, Triton interpreter
