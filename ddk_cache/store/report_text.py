@@ -101,15 +101,21 @@ def _storage_lines(report: dict[str, Any]) -> list[str]:
                   *_table(["array", "stored", "logical", "ratio"], rows, left=1)]
 
 
+def _teacher_cells(e: dict[str, Any]) -> tuple[str, str]:
+    """(loss, ppl) cells of a split: "-" for train, "missing" before finalisation."""
+    te = e.get("teacher")
+    if isinstance(te, dict):
+        return f"{te['loss']:.4f}", f"{te['ppl']:.2f}"
+    cell = "-" if te is None else "missing"
+    return cell, cell
+
+
 def _sampled_fidelity_lines(report: dict[str, Any]) -> list[str]:
     rows = []
     for domain, splits in report["domains"].items():
         for split, e in splits.items():
             m = e["sample_distinct"] or {}
-            te = e.get("teacher")
-            loss = ppl = "-" if te is None else "missing"
-            if isinstance(te, dict):
-                loss, ppl = f"{te['loss']:.4f}", f"{te['ppl']:.2f}"
+            loss, ppl = _teacher_cells(e)
             rows.append([domain, split, _fmt(m.get("mean"), ".2f"), _fmt(m.get("p95"), ".0f"),
                          _fmt(m.get("bytes_per_entry"), ".3f"),
                          str(m.get("sampled_sequences", 0)), loss, ppl])
@@ -127,10 +133,7 @@ def _fidelity_lines(report: dict[str, Any]) -> list[str]:
     for domain, splits in report["domains"].items():
         for split, e in splits.items():
             m = e["topk_mass"] or {}
-            te = e.get("teacher")
-            loss = ppl = "-" if te is None else "missing"
-            if isinstance(te, dict):
-                loss, ppl = f"{te['loss']:.4f}", f"{te['ppl']:.2f}"
+            loss, ppl = _teacher_cells(e)
             rows.append([domain, split, _fmt(m.get("mean"), ".4f"), _fmt(m.get("p5"), ".4f"),
                          str(m.get("sampled_sequences", 0)), loss, ppl])
     title = (f"Fidelity  (top-k mass over up to {MASS_SAMPLE_SEQUENCES} sequences per split; "
