@@ -66,6 +66,19 @@ def build(workdir: Path, corpus: dict[str, Path], teacher: Path, **kw: Any) -> P
     return out
 
 
+def assert_example_reads_like_cache_reader(ns: dict[str, Any], reader: CacheReader) -> None:
+    """The example's read_sequences and teacher_loss equal CacheReader's, bitwise, per split."""
+    for domain in reader.domains:
+        for split, n in (("train", N_TRAIN), ("validation", N_VAL)):
+            mine = ns["read_sequences"]("ddk-cache", domain, split, 1, n)
+            ref = reader.read(domain, split, range(1, n))
+            for name in ("input_ids", "topk_ids", "topk_logprobs", "tail_logmass"):
+                assert mine[name].dtype == getattr(ref, name).numpy().dtype, name
+                np.testing.assert_array_equal(mine[name], getattr(ref, name).numpy(),
+                                              err_msg=f"{domain}/{split}/{name}")
+        assert ns["teacher_loss"]("ddk-cache", domain) == reader.teacher_loss(domain)
+
+
 STEPS = (1 / 64, 1 / 50, 1 / 128, 5 / 256)
 CASES = [(profile, STEPS[i % len(STEPS)], False) for i, profile in enumerate(CODEC_PROFILES)]
 CASES.append(("blosc-shuffle", 1 / 64, True))  # k = vocabulary: the tail is the -inf code
@@ -87,15 +100,7 @@ def test_plain_zarr_example_matches_cache_reader(tmp_path, monkeypatch, small_co
         codes = zarr.open_group(str(path), mode="r")["code/train/tail_logmass"][:]
         assert np.all(codes == ns["meta"]["encoding"]["logprob"]["neg_inf_code"])
         assert np.all(np.isneginf(ns["batch"]["tail_logmass"]))
-    for domain in reader.domains:
-        for split, n in (("train", N_TRAIN), ("validation", N_VAL)):
-            mine = ns["read_sequences"]("ddk-cache", domain, split, 1, n)
-            ref = reader.read(domain, split, range(1, n))
-            for name in ("input_ids", "topk_ids", "topk_logprobs", "tail_logmass"):
-                assert mine[name].dtype == getattr(ref, name).numpy().dtype, name
-                np.testing.assert_array_equal(mine[name], getattr(ref, name).numpy(),
-                                              err_msg=f"{domain}/{split}/{name}")
-        assert ns["teacher_loss"]("ddk-cache", domain) == reader.teacher_loss(domain)
+    assert_example_reads_like_cache_reader(ns, reader)
     # the example's own checks: top-k + tail is a distribution up to quantisation error
     assert float(np.abs(np.log(ns["total"])).max()) <= step / 2 + 1e-4
     assert ns["targets"].shape == (2, SEQ_LEN - 1)
@@ -109,15 +114,7 @@ def test_plain_zarr_example_reads_a_sampled_cache(tmp_path, monkeypatch, small_c
     ns = run_example(tmp_path, monkeypatch)
     reader = CacheReader.open(path)
     assert ns["meta"]["format_version"] == 2
-    for domain in reader.domains:
-        for split, n in (("train", N_TRAIN), ("validation", N_VAL)):
-            mine = ns["read_sequences"]("ddk-cache", domain, split, 1, n)
-            ref = reader.read(domain, split, range(1, n))
-            for name in ("input_ids", "topk_ids", "topk_logprobs", "tail_logmass"):
-                assert mine[name].dtype == getattr(ref, name).numpy().dtype, name
-                np.testing.assert_array_equal(mine[name], getattr(ref, name).numpy(),
-                                              err_msg=f"{domain}/{split}/{name}")
-        assert ns["teacher_loss"]("ddk-cache", domain) == reader.teacher_loss(domain)
+    assert_example_reads_like_cache_reader(ns, reader)
     assert ns["batch"]["topk_ids"].shape == (2, SEQ_LEN - 1, 6)
     assert float(np.abs(np.log(ns["total"])).max()) < 1e-6  # the weights sum to 1
     root = zarr.open_group(str(path), mode="r")
