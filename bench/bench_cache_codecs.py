@@ -226,31 +226,44 @@ class Decoded:
     bytes: dict[str, int]
 
 
-def write_ddk_store(root: Path, s: Scores, profile: str, step: float, sps: int) -> Decoded:
-    """Write with ddk's CacheWriter and read back with CacheReader."""
-    from ddk.cache.store.encoding import Encoding, id_dtype_for_vocab
-    from ddk.cache.store.id_order import corpus_id_order
+def write_bench_store(root: Path, input_ids: np.ndarray, vocab_size: int, enc: Any,
+                      sps: int, scores_of: Callable[[int, int], Any], domain: str = "bench",
+                      **meta: Any) -> Any:
+    """Write one train split with ddk's CacheWriter and read it back with CacheReader.
+
+    `scores_of(a, b)` gives the TeacherScores of sequences a..b-1; `meta` adds to or
+    replaces the root metadata (format_version, k, target). Returns the CachedBatch.
+    """
     from ddk.cache.store.reader import CacheReader
     from ddk.cache.store.writer import CacheWriter
+
+    n, L = input_ids.shape
+    meta = {"format_version": 1, "created_by": "bench_cache_codecs", "seq_len": L,
+            "teacher": {"vocab_size": vocab_size}, "encoding": enc.to_json(),
+            "sequences_per_shard": sps,
+            "domains": {domain: {"train_sequences": n, "validation_sequences": 0}}, **meta}
+    writer = CacheWriter.open(str(root), meta, overwrite=True)
+    for shard in range(writer.num_shards(domain, "train")):
+        a, b = writer.shard_range(domain, "train", shard)
+        writer.write_shard(domain, "train", shard, input_ids[a:b], scores_of(a, b))
+    return CacheReader.open(str(root), require_complete=False).read(domain, "train", range(n))
+
+
+def write_ddk_store(root: Path, s: Scores, profile: str, step: float, sps: int) -> Decoded:
+    """Write the top-k scores with ddk's CacheWriter and read back with CacheReader."""
+    from ddk.cache.store.encoding import Encoding, id_dtype_for_vocab
+    from ddk.cache.store.id_order import corpus_id_order
     from ddk.cache.teacher.backend import TeacherScores
 
-    n, L = s.input_ids.shape
-    k = s.topk_ids.shape[-1]
     id_dtype = id_dtype_for_vocab(s.vocab_size)
     # pcodec-remap: the id order of a cache job over exactly these sequences (build_metadata)
     order = corpus_id_order(profile, [s.input_ids], s.vocab_size, id_dtype)
     enc = Encoding(id_dtype=id_dtype, logprob_step=step, codec_profile=profile, id_order=order)
-    meta = {"format_version": 1 if order is None else 2, "created_by": "bench_cache_codecs",
-            "k": k, "seq_len": L,
-            "teacher": {"vocab_size": s.vocab_size}, "encoding": enc.to_json(),
-            "sequences_per_shard": sps,
-            "domains": {"bench": {"train_sequences": n, "validation_sequences": 0}}}
-    writer = CacheWriter.open(str(root), meta, overwrite=True)
-    for shard in range(writer.num_shards("bench", "train")):
-        a, b = writer.shard_range("bench", "train", shard)
-        writer.write_shard("bench", "train", shard, s.input_ids[a:b], TeacherScores(
-            s.topk_ids[a:b], s.topk_logprobs[a:b], s.tail[a:b], s.target[a:b]))
-    batch = CacheReader.open(str(root), require_complete=False).read("bench", "train", range(n))
+    batch = write_bench_store(
+        root, s.input_ids, s.vocab_size, enc, sps,
+        lambda a, b: TeacherScores(s.topk_ids[a:b], s.topk_logprobs[a:b], s.tail[a:b],
+                                   s.target[a:b]),
+        format_version=1 if order is None else 2, k=s.topk_ids.shape[-1])
     return Decoded(batch.input_ids.numpy(), batch.topk_ids.numpy(),
                    batch.topk_logprobs.numpy(), batch.tail_logmass.numpy(),
                    {a: data_bytes(root / "bench" / "train" / a) for a in ARRAYS})

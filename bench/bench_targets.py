@@ -209,27 +209,22 @@ def store_sampled(fw: Forward, draws: int, seed: int, root: Path, sps: int) -> S
         id_dtype_for_vocab,
     )
     from ddk.cache.store.layout import FORMAT_VERSION
-    from ddk.cache.store.reader import CacheReader
-    from ddk.cache.store.writer import CacheWriter
     from ddk.cache.teacher.backend import TeacherScores
 
-    n, L = fw.input_ids.shape
     enc = Encoding(id_dtype=id_dtype_for_vocab(fw.vocab_size),
                    logprob_step=DEFAULT_LOGPROB_STEP, codec_profile=DEFAULT_CODEC_PROFILE)
-    meta = {"format_version": FORMAT_VERSION, "created_by": "bench_targets", "k": draws,
-            "target": {"kind": "sampled", "draws": draws, "temperature": 1.0},
-            "seq_len": L, "teacher": {"vocab_size": fw.vocab_size}, "encoding": enc.to_json(),
-            "sequences_per_shard": sps,
-            "domains": {DOMAIN: {"train_sequences": n, "validation_sequences": 0}}}
-    writer = CacheWriter.open(str(root), meta, overwrite=True)
     written = []
-    for shard in range(writer.num_shards(DOMAIN, "train")):
-        a, b = writer.shard_range(DOMAIN, "train", shard)
+
+    def scores_of(a: int, b: int) -> TeacherScores:
         ids, cnt = draw(fw, slice(a, b), draws, seed)
         written.append(ids)
-        writer.write_shard(DOMAIN, "train", shard, fw.input_ids[a:b], TeacherScores(
-            None, None, None, np.zeros((b - a, L - 1), np.float32), ids, cnt))
-    batch = CacheReader.open(str(root), require_complete=False).read(DOMAIN, "train", range(n))
+        return TeacherScores(None, None, None, np.zeros((b - a, fw.input_ids.shape[1] - 1),
+                                                        np.float32), ids, cnt)
+
+    batch = codec_bench().write_bench_store(
+        root, fw.input_ids, fw.vocab_size, enc, sps, scores_of, domain=DOMAIN,
+        format_version=FORMAT_VERSION, created_by="bench_targets", k=draws,
+        target={"kind": "sampled", "draws": draws, "temperature": 1.0})
     if not np.array_equal(batch.topk_ids.numpy(), np.concatenate(written)):
         raise AssertionError("sampled ids did not round-trip")
     data = codec_bench().data_bytes
