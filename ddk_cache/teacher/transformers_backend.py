@@ -13,7 +13,7 @@ from ddk.cache.teacher.backend import TeacherScores
 from ddk.cache.teacher.identity import teacher_identity
 from ddk.cache.teacher.model_dir import describe_error, model_load_errors, transformers_progress
 from ddk.cache.teacher.sampled import SampleSpec
-from ddk.cache.teacher.topk import sampled_scores_from_logits, scores_from_logits
+from ddk.cache.teacher.topk import ScratchBuffer, sampled_scores_from_logits, scores_from_logits
 
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32,
            "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -64,6 +64,7 @@ class TransformersTeacher:
         self.max_seq_len = getattr(config, "max_position_embeddings", None)
         self.identity: dict[str, Any] = teacher_identity(path)
         self.max_batch_tokens = max_batch_tokens
+        self._scratch = ScratchBuffer()  # one extraction temporary for every batch
 
     @torch.inference_mode()
     def score(self, input_ids: np.ndarray, k: int, *, sample: SampleSpec | None = None
@@ -75,7 +76,7 @@ class TransformersTeacher:
             batch = ids[start:start + rows].to(self.device)
             logits = self.model(input_ids=batch, use_cache=False).logits
             if sample is None:
-                parts.append(scores_from_logits(logits, batch, k))
+                parts.append(scores_from_logits(logits, batch, k, self._scratch))
             else:
                 parts.append(sampled_scores_from_logits(
                     logits, batch, sample.rows(start, start + batch.shape[0])))
@@ -84,5 +85,6 @@ class TransformersTeacher:
 
     def close(self) -> None:
         del self.model
+        self._scratch = ScratchBuffer()  # its memory goes with the model's
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
