@@ -1,10 +1,11 @@
 """Throughput of `ddk cache-teacher` against a bare teacher forward over the same sequences.
 
 The overhead ratio = bare forward tokens/s / cache job tokens/s says what top-k extraction,
-quantisation, compression and writing cost on top of the teacher itself (1.0 = free). The
-job runs twice in one invocation, before/after: shards written in the scoring thread
-(background_writer.MAX_PENDING = 0, the loop as it was) and on the background writer (the
-default), so the two ratios share the machine's load.
+quantisation, compression and writing cost on top of the teacher itself (1.0 = free).
+Before/after in one invocation, so the ratios share the machine's load: the extraction with
+a fresh full-size temporary per batch (as before topk.ScratchBuffer) and with the backend's
+reused one; the whole job before, as shipped, and with the shards on the background writer
+(the setting of GPU teachers).
 
     python bench/bench_cache_job.py                      # default teacher, demo corpus
     python bench/bench_cache_job.py --teacher DIR --seq-len 512 --train-sequences 8
@@ -13,14 +14,30 @@ default), so the two ratios share the machine's load.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
 import numpy as np
 import torch
+
+
+@contextlib.contextmanager
+def fresh_temporaries() -> Iterator[None]:
+    """The extraction as before its ScratchBuffer: a new full-size temporary every batch."""
+    from ddk.cache.teacher import topk
+
+    def fresh(self: Any, shape: torch.Size, device: torch.device) -> torch.Tensor:
+        return torch.empty(shape, dtype=torch.float32, device=device)
+
+    with mock.patch.object(topk.ScratchBuffer, "get", fresh):
+        yield
 
 
 def main() -> None:
@@ -71,16 +88,24 @@ def main() -> None:
     with torch.inference_mode():
         model(input_ids=torch.as_tensor(seqs[: args.batch_size], dtype=torch.long))  # warm-up
     bare = bare_forward()
-    # 2. forward + top-k/tail/target extraction (the backend's score), no store
-    t = time.perf_counter()
-    for b in range(0, len(seqs), args.batch_size):
-        teacher.score(seqs[b:b + args.batch_size], args.k)
-    scored = time.perf_counter() - t
+
+    # 2. forward + top-k/tail/target extraction (the backend's score), no store: with a
+    # fresh full-size temporary per batch (before) and the backend's reused scratch (after)
+    def scored() -> float:
+        t = time.perf_counter()
+        for b in range(0, len(seqs), args.batch_size):
+            teacher.score(seqs[b:b + args.batch_size], args.k)
+        return time.perf_counter() - t
+
+    with fresh_temporaries():
+        scored_fresh = scored()
+    scored_reused = scored()
     bare = min(bare, bare_forward())
     teacher.close()
 
-    # 3. the whole job (packing, teacher, quantise, compress, write, finalise), with the
-    # shards written in the scoring thread (before) and on the background writer (after)
+    # 3. the whole job (packing, teacher, quantise, compress, write, finalise): before the
+    # reused scratch, as shipped (a CPU teacher writes in its scoring thread), and with the
+    # shards on the background writer (what a GPU teacher uses)
     def whole_job(max_pending: int) -> float:
         background_writer.MAX_PENDING = background_writer.CPU_PENDING = max_pending
         with tempfile.TemporaryDirectory() as tmp:
@@ -94,16 +119,22 @@ def main() -> None:
             return result.seconds
 
     default, cpu_default = background_writer.MAX_PENDING, background_writer.CPU_PENDING
-    jobs = {"sequential": [], "background": []}
+    jobs: dict[str, list[float]] = {"fresh": [], "shipped": [], "background": []}
     for _ in range(args.repeats):
-        jobs["sequential"].append(whole_job(0))
+        with fresh_temporaries():
+            jobs["fresh"].append(whole_job(cpu_default))
+        jobs["shipped"].append(whole_job(cpu_default))
         jobs["background"].append(whole_job(default))
     background_writer.MAX_PENDING, background_writer.CPU_PENDING = default, cpu_default
 
     rows = {
-        "bare forward": bare, "forward + top-k extraction": scored,
-        "cache job, sequential writes (before)": min(jobs["sequential"]),
-        f"cache job, background writer (after, {default} pending)": min(jobs["background"])}
+        "bare forward": bare,
+        "forward + extraction, fresh temporaries per batch (before)": scored_fresh,
+        "forward + extraction, reused scratch (after)": scored_reused,
+        "cache job, fresh temporaries (before)": min(jobs["fresh"]),
+        f"cache job as shipped ({cpu_default} pending on CPU) (after)": min(jobs["shipped"]),
+        f"cache job, background writer ({default} pending, the GPU setting)":
+            min(jobs["background"])}
     out = {"machine": f"{platform.processor() or platform.machine()}, "
                       f"{torch.get_num_threads()} torch threads",
            "teacher": str(teacher_path.name), "tokens": tokens, "k": args.k,
