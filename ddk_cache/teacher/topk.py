@@ -31,7 +31,7 @@ class ScratchBuffer:
         if device.type != "cpu":
             return torch.empty(shape, dtype=torch.float32, device=device)
         if self._buf is None or self._buf.numel() < n:
-            self._buf = None  # the old one goes before the new one is faulted in
+            self._buf = None  # the old one is freed before the larger one is allocated
             self._buf = torch.empty(n, dtype=torch.float32)
         return self._buf[:n].view(shape)
 
